@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Starts the whole system with demo data: services (installed if missing), database, migrations,
+# demo seed, then the server in the foreground (Ctrl-C stops it).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+dev/services.sh up
+if ! psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'boxoffice'" | grep -q 1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE boxoffice'
+fi
+cargo build --release --bin boxoffice
+BIN="$ROOT/target/release/boxoffice"
+"$BIN" migrate
+"$BIN" seed-demo
+cat <<'TXT'
+
+  boxoffice demo
+  --------------
+  API          http://127.0.0.1:8000/api/v1
+  OpenAPI      http://127.0.0.1:8000/api-docs/openapi.json
+  Readiness    http://127.0.0.1:8000/readyz
+  Metrics      http://127.0.0.1:8000/metrics
+  Demo buyer   demo@boxoffice.local / demo-password
+  Demo admin   admin@boxoffice.local / admin-password
+
+TXT
+exec "$BIN" serve

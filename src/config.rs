@@ -1,0 +1,338 @@
+//! Typed configuration in three layers: embedded defaults (`src/defaults.toml`) ← a TOML file
+//! (`config.toml` by default) ← `BOXOFFICE__SECTION__KEY` environment variables.
+//!
+//! Every key has a default, so a file or the environment only says what differs. A value of the
+//! wrong type stops startup with an error that names the key and the layer it came from. Secrets
+//! are [`SecretString`]s: their `Debug` output is redacted, so logging the settings is safe.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// The embedded first layer; it lists every key, so it doubles as reference documentation.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+/// Prefix of environment overrides; `__` separates section and key.
+pub const ENV_PREFIX: &str = "BOXOFFICE__";
+
+/// All settings of one boxoffice process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP listener.
+    pub server: ServerSettings,
+    /// PostgreSQL, the source of truth.
+    pub database: DatabaseSettings,
+    /// Redis: sessions, rate limits, read-model mirror. Never decides.
+    pub redis: RedisSettings,
+    /// Pulsar: order events.
+    pub pulsar: PulsarSettings,
+    /// Keys that must never be logged.
+    pub secrets: Secrets,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Where the HTTP server listens and how it names itself in printed URLs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Interface to bind.
+    pub host: String,
+    /// Port to bind; 0 picks a free one (tests).
+    pub port: u16,
+    /// Base URL printed for humans and used in payment redirects.
+    pub public_url: String,
+}
+
+/// PostgreSQL connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// libpq-style URL; secret because it may carry a password.
+    pub url: SecretString,
+    /// Maximum pooled connections: bounds Postgres backends this process can occupy.
+    pub pool_size: usize,
+    /// How long startup waits for a connection before failing.
+    pub connect_timeout_ms: u64,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]`; secret because it may carry a password.
+    pub url: SecretString,
+    /// Prepended to every key, so several deployments (or tests) can share one Redis.
+    pub key_prefix: String,
+    /// How long startup waits for Redis before failing.
+    pub connect_timeout_ms: u64,
+}
+
+/// Pulsar connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PulsarSettings {
+    /// `pulsar://host:port`: the dev bridge locally, Apache Pulsar in production.
+    pub url: String,
+    /// `tenant/namespace` that holds our topics.
+    pub tenant_namespace: String,
+    /// Prepended to every topic name, so tests and deployments do not see each other's events.
+    pub topic_prefix: String,
+    /// How long startup waits for the broker before failing.
+    pub connect_timeout_ms: u64,
+}
+
+/// Keys whose disclosure would let someone forge tokens, forge payment callbacks or read id
+/// numbers. Only [`ExposeSecret::expose_secret`] reveals them, at the point of use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// HMAC key for session tokens.
+    pub jwt_key: SecretString,
+    /// HMAC key shared with the payment provider for callback signatures.
+    pub payment_signing_key: SecretString,
+    /// 32-byte AES-256-GCM key, hex encoded, for ticket buyers' id numbers.
+    pub id_number_key: SecretString,
+}
+
+/// Log filter and format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing_subscriber::EnvFilter` directive; `RUST_LOG` overrides it.
+    pub filter: String,
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+}
+
+/// How log lines are rendered.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for terminals.
+    Pretty,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+/// A configuration that cannot be used; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value has the wrong type or a key is unknown; the text names key and source.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A value parsed but is not acceptable.
+    #[error("invalid configuration: {key}: {reason}")]
+    Rejected {
+        /// Dotted key, e.g. `secrets.id_number_key`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Loads defaults ← `file` (skipped if it does not exist) ← environment.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, exposed so callers (tests, tools) can add one more layer on top.
+    pub fn figment(file: &Path) -> Figment {
+        Figment::from(Toml::string(DEFAULTS_TOML))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Extracts and validates settings from any figment.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.secrets.id_number_key_bytes()?;
+        if self.database.pool_size == 0 {
+            return Err(rejected("database.pool_size", "must be at least 1"));
+        }
+        if !self.pulsar.url.starts_with("pulsar://")
+            && !self.pulsar.url.starts_with("pulsar+ssl://")
+        {
+            return Err(rejected(
+                "pulsar.url",
+                "must start with pulsar:// or pulsar+ssl://",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `host:port` to bind.
+    pub fn bind_address(&self) -> String {
+        format!("{}:{}", self.server.host, self.server.port)
+    }
+}
+
+impl Secrets {
+    /// The id-number key as the 32 bytes AES-256 needs.
+    pub fn id_number_key_bytes(&self) -> Result<[u8; 32], ConfigError> {
+        let bytes = hex::decode(self.id_number_key.expose_secret())
+            .map_err(|_| rejected("secrets.id_number_key", "must be hex"))?;
+        bytes
+            .try_into()
+            .map_err(|_| rejected("secrets.id_number_key", "must be 32 bytes (64 hex digits)"))
+    }
+}
+
+impl DatabaseSettings {
+    /// Connect timeout as a [`Duration`].
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl RedisSettings {
+    /// Connect timeout as a [`Duration`].
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl PulsarSettings {
+    /// Connect timeout as a [`Duration`].
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// One line per problem: `key (from source): what is wrong`, naming the environment variable
+/// itself when the value came from one.
+fn describe(errors: figment::Error) -> String {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e
+                .path
+                .iter()
+                .map(|p| p.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            let source = match (&e.metadata, from_env) {
+                (_, true) => format!(
+                    "environment variable {ENV_PREFIX}{}",
+                    key.to_uppercase().replace('.', "__")
+                ),
+                (Some(m), false) => m
+                    .source
+                    .as_ref()
+                    .map_or(m.name.to_string(), |s| s.to_string()),
+                (None, false) => "unknown source".into(),
+            };
+            format!("{key} (from {source}): {}", e.kind)
+        })
+        .collect();
+    lines.join("; ")
+}
+
+fn rejected(key: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Rejected {
+        key,
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Error is large by design; Jail closures return it.
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in_jail(jail: &Jail) -> Result<Settings, ConfigError> {
+        Settings::load(&jail.directory().join("config.toml"))
+    }
+
+    #[test]
+    fn defaults_alone_are_complete_and_valid() {
+        Jail::expect_with(|jail| {
+            let s = load_in_jail(jail).expect("defaults load");
+            assert_eq!(s.server.port, 8000);
+            assert_eq!(s.server.host, "127.0.0.1");
+            assert_eq!(s.redis.key_prefix, "boxoffice:");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("config.toml", "[server]\nport = 9001\nhost = \"0.0.0.0\"\n")?;
+            jail.set_env("BOXOFFICE__SERVER__PORT", "9002");
+            let s = load_in_jail(jail).expect("layers load");
+            assert_eq!(s.server.port, 9002, "env beats file");
+            assert_eq!(s.server.host, "0.0.0.0", "file beats defaults");
+            assert_eq!(s.database.pool_size, 16, "untouched keys keep defaults");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_env_value_names_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BOXOFFICE__SERVER__PORT", "eighty");
+            let err = load_in_jail(jail)
+                .expect_err("a non-number port must fail")
+                .to_string();
+            assert!(err.contains("server.port"), "{err}");
+            assert!(err.contains("BOXOFFICE__SERVER__PORT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_file_value_and_unknown_key_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("config.toml", "[database]\npool_size = \"lots\"\n")?;
+            let err = load_in_jail(jail)
+                .expect_err("string pool size")
+                .to_string();
+            assert!(err.contains("database.pool_size"), "{err}");
+            jail.create_file("config.toml", "[database]\npool_sise = 3\n")?;
+            let err = load_in_jail(jail).expect_err("typo in key").to_string();
+            assert!(err.contains("pool_sise"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn short_id_number_key_is_rejected_by_name() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BOXOFFICE__SECRETS__ID_NUMBER_KEY", "abcd");
+            let err = load_in_jail(jail).expect_err("short key").to_string();
+            assert!(err.contains("secrets.id_number_key"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BOXOFFICE__SECRETS__JWT_KEY", "super-secret-jwt-value");
+            let s = load_in_jail(jail).expect("loads");
+            let printed = format!("{s:?}");
+            assert!(!printed.contains("super-secret-jwt-value"));
+            assert!(!printed.contains("dev-only-mockpay-signing-key"));
+            assert_eq!(s.secrets.jwt_key.expose_secret(), "super-secret-jwt-value");
+            Ok(())
+        });
+    }
+}

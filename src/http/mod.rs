@@ -1,0 +1,106 @@
+//! The HTTP surface (axum): one `router()` per resource module, assembled here with the layers
+//! every request passes — request id, tracing span, panic → opaque 500, metrics.
+
+pub mod error;
+pub mod ops;
+
+use crate::config::Settings;
+use crate::store::Stores;
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderName;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+/// Shared by every handler; cheap to clone (handles and `Arc`s only).
+#[derive(Clone)]
+pub struct AppState {
+    /// Effective configuration.
+    pub settings: Arc<Settings>,
+    /// PostgreSQL, Redis, Pulsar.
+    pub stores: Stores,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "boxoffice",
+        description = "Ticketing engine for high-demand on-sales (API v1)"
+    ),
+    paths(ops::healthz, ops::readyz, ops::metrics, openapi_json),
+    components(schemas(error::ErrorInner))
+)]
+pub struct ApiDoc;
+
+/// Serves the OpenAPI 3 document of this server.
+#[utoipa::path(get, path = "/api-docs/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// All routes with all layers.
+pub fn router(state: AppState) -> Router {
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let request_id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(middleware::from_fn(record_metrics));
+    Router::new()
+        .merge(ops::router())
+        .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
+        .fallback(error::fallback)
+        .layer(layers)
+        .with_state(state)
+}
+
+/// Counts requests and records latency per matched route and status.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

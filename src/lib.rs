@@ -1,0 +1,81 @@
+//! # boxoffice — a ticketing engine for high-demand on-sales
+//!
+//! The architecture map (ARCHITECTURE.md is the long form):
+//!
+//! ```text
+//!  buyer ──REST──► http (axum) ──► ordering ──► actors::Supervisor ──► CategoryActor (program × category)
+//!        ◄──WS───  http::ws  ◄──── seat deltas (coalesced, serialized once) ◄──────┤
+//!                                                                                   │ committed changes
+//!                                                        store (group commit) ──► PostgreSQL (truth)
+//!                                                        outbox relay ──► Pulsar ──► consumers
+//!  Redis (fred): sessions, rate limits, read-model mirror. Redis mirrors; it never decides.
+//! ```
+//!
+//! - [`config`] — typed settings: embedded defaults ← `config.toml` ← `BOXOFFICE__*` env.
+//! - [`domain`] — pure rules and types, no I/O.
+//! - [`actors`] — the single writers of seat state.
+//! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar.
+//! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
+//! - [`seed`] — demo data; [`crypto`] — password and id-number protection;
+//!   [`telemetry`] — logs and metrics.
+//!
+//! [`serve`] is the whole server: tests call it with a listener on port 0 and their own
+//! settings; `main.rs` only parses the command line and calls it.
+
+pub mod actors;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod seed;
+pub mod store;
+pub mod telemetry;
+
+use config::Settings;
+use std::future::Future;
+use std::sync::Arc;
+use store::Stores;
+
+/// Connects the stores (failing clearly when one is unreachable), applies migrations, and serves
+/// HTTP on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stores = Stores::connect(&settings).await?;
+    let applied = store::postgres::migrate(&stores.pg).await?;
+    tracing::info!(applied, "migrations up to date");
+    let state = http::AppState {
+        settings: Arc::new(settings),
+        stores,
+        metrics: telemetry::metrics_handle(),
+    };
+    tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
+    http::serve(listener, state, shutdown).await?;
+    tracing::info!("boxoffice stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the signals that ask a server to stop gracefully.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,116 @@
+//! The `boxoffice` binary: parses the command line and hands over to the library.
+
+use anyhow::Context;
+use boxoffice::config::Settings;
+use boxoffice::{seed, store, telemetry};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// boxoffice — ticketing engine for high-demand on-sales.
+#[derive(Parser, Debug)]
+#[command(name = "boxoffice", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file layered over the embedded defaults; BOXOFFICE__SECTION__KEY
+    /// environment variables override it. A missing file is skipped.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "BOXOFFICE_CONFIG",
+        default_value = "config.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply migrations, then serve the REST API, WebSockets and pages until SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply pending database migrations and exit (safe to repeat).
+    Migrate,
+    /// Create demo areas, categories, 24 programs (incl. the "Demo Stadium Concert"),
+    /// the demo buyer and the demo admin. Idempotent.
+    SeedDemo,
+    /// Create an admin account, or grant the admin role to an existing account.
+    CreateAdmin {
+        /// Login email of the admin.
+        #[arg(long)]
+        email: String,
+        /// Password (used only when the account is created).
+        #[arg(long, env = "BOXOFFICE_ADMIN_PASSWORD")]
+        password: String,
+        /// Shown name.
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(&cli.config)?;
+    telemetry::init_logging(&settings.log);
+    match cli.command {
+        Command::Serve => serve(settings),
+        other => tokio::runtime::Runtime::new()?.block_on(run_admin_command(other, settings)),
+    }
+}
+
+/// The server runs inside an actix `System` whose runtime is a multi-threaded tokio runtime:
+/// HTTP tasks use all worker threads, actors live on the System's arbiters.
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    system.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.bind_address())
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.bind_address()))?;
+        let url = settings.server.public_url.clone();
+        println!("boxoffice serving on {url}  (API {url}/api/v1, OpenAPI {url}/api-docs/openapi.json, health {url}/readyz)");
+        boxoffice::serve(settings, listener, boxoffice::shutdown_signal()).await
+    })
+}
+
+async fn run_admin_command(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let pool = store::postgres::connect(&settings.database).await?;
+    let applied = store::postgres::migrate(&pool).await?;
+    match command {
+        Command::Migrate => println!("migrations applied: {applied}"),
+        Command::SeedDemo => {
+            let summary = seed::seed_demo(&pool, &settings).await?;
+            println!(
+                "demo data ready: {} programs (stadium concert id {}), buyer {} / {}, admin {} / {}",
+                summary.program_ids.len(),
+                summary.program_ids[0],
+                seed::DEMO_BUYER_EMAIL,
+                seed::DEMO_BUYER_PASSWORD,
+                seed::DEMO_ADMIN_EMAIL,
+                seed::DEMO_ADMIN_PASSWORD
+            );
+        }
+        Command::CreateAdmin {
+            email,
+            password,
+            display_name,
+        } => {
+            let id = store::users::ensure_user(
+                &pool,
+                store::users::EnsureUser {
+                    email: &email,
+                    password: &password,
+                    display_name: &display_name,
+                    roles: &[store::users::role::BUYER, store::users::role::ADMIN],
+                },
+            )
+            .await?;
+            println!("admin {email} has user id {id}");
+        }
+        Command::Serve => unreachable!("serve is handled in main"),
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Areas, program categories, programs, show times, ticket categories and their seats.
+
+use super::{PgPool, StoreError};
+use chrono::{DateTime, Utc};
+
+/// How a ticket category is sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Rows × seats per row; row 1 is nearest the stage.
+    Seated {
+        /// Number of rows.
+        rows: i32,
+        /// Seats in each row.
+        seats_per_row: i32,
+    },
+    /// General admission: a count, no seats.
+    General {
+        /// Tickets available in total.
+        capacity: i32,
+    },
+}
+
+impl Layout {
+    /// Tickets this layout holds.
+    pub fn capacity(&self) -> i32 {
+        match *self {
+            Layout::Seated {
+                rows,
+                seats_per_row,
+            } => rows * seats_per_row,
+            Layout::General { capacity } => capacity,
+        }
+    }
+}
+
+/// A price tier to create with its program.
+#[derive(Debug, Clone)]
+pub struct NewTicketCategory {
+    /// Shown name, unique within the program.
+    pub name: String,
+    /// Price in minor units.
+    pub price_cents: i64,
+    /// Seated rows or a GA count.
+    pub layout: Layout,
+}
+
+/// A program with everything it is sold with.
+#[derive(Debug, Clone)]
+pub struct NewProgram {
+    /// Stable unique handle; creating the same slug twice returns the existing program.
+    pub slug: String,
+    /// Shown title.
+    pub title: String,
+    /// Area (city) id.
+    pub area_id: i64,
+    /// Program category id (a child category, e.g. concert → pop).
+    pub category_id: i64,
+    /// Venue name.
+    pub venue: String,
+    /// Free text.
+    pub description: String,
+    /// Whether buyers may pick seats themselves.
+    pub choose_seats: bool,
+    /// Most tickets in one order.
+    pub per_order_limit: i32,
+    /// Most tickets one account may hold for this program.
+    pub per_account_limit: i32,
+    /// When ordering opens.
+    pub on_sale_at: DateTime<Utc>,
+    /// At least one show time.
+    pub show_times: Vec<DateTime<Utc>>,
+    /// Price tiers, in display order.
+    pub categories: Vec<NewTicketCategory>,
+}
+
+/// Returns the area's id, creating it when absent.
+pub async fn ensure_area(pool: &PgPool, name: &str) -> Result<i64, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "WITH ins AS (INSERT INTO areas (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM ins UNION ALL SELECT id FROM areas WHERE name = $1 LIMIT 1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Returns the program category's id (under `parent`, or top level), creating it when absent.
+pub async fn ensure_program_category(
+    pool: &PgPool,
+    parent: Option<i64>,
+    name: &str,
+) -> Result<i64, StoreError> {
+    let client = pool.get().await?;
+    let found = client
+        .query_opt(
+            "SELECT id FROM program_categories WHERE parent_id IS NOT DISTINCT FROM $1 AND name = $2",
+            &[&parent, &name],
+        )
+        .await?;
+    if let Some(row) = found {
+        return Ok(row.get(0));
+    }
+    let row = client
+        .query_one(
+            "INSERT INTO program_categories (parent_id, name) VALUES ($1, $2) RETURNING id",
+            &[&parent, &name],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Creates the program, its show times, ticket categories and seats in one transaction, or
+/// returns the id of the program that already has this slug (nothing is changed then).
+pub async fn create_program(pool: &PgPool, program: &NewProgram) -> Result<i64, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO programs (slug, title, area_id, category_id, venue, description, choose_seats,
+                                   per_order_limit, per_account_limit, on_sale_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (slug) DO NOTHING RETURNING id",
+            &[
+                &program.slug,
+                &program.title,
+                &program.area_id,
+                &program.category_id,
+                &program.venue,
+                &program.description,
+                &program.choose_seats,
+                &program.per_order_limit,
+                &program.per_account_limit,
+                &program.on_sale_at,
+            ],
+        )
+        .await?;
+    let Some(row) = inserted else {
+        let row = tx
+            .query_one("SELECT id FROM programs WHERE slug = $1", &[&program.slug])
+            .await?;
+        return Ok(row.get(0));
+    };
+    let program_id: i64 = row.get(0);
+    for starts_at in &program.show_times {
+        tx.execute(
+            "INSERT INTO show_times (program_id, starts_at) VALUES ($1, $2)",
+            &[&program_id, starts_at],
+        )
+        .await?;
+    }
+    for (sort, category) in program.categories.iter().enumerate() {
+        insert_ticket_category(&tx, program_id, sort as i32, category).await?;
+    }
+    tx.commit().await?;
+    Ok(program_id)
+}
+
+async fn insert_ticket_category(
+    tx: &deadpool_postgres::Transaction<'_>,
+    program_id: i64,
+    sort: i32,
+    category: &NewTicketCategory,
+) -> Result<(), StoreError> {
+    let (seated, rows, per_row) = match category.layout {
+        Layout::Seated {
+            rows,
+            seats_per_row,
+        } => (true, Some(rows), Some(seats_per_row)),
+        Layout::General { .. } => (false, None, None),
+    };
+    let row = tx
+        .query_one(
+            "INSERT INTO ticket_categories (program_id, name, price_cents, capacity, seated, seat_rows,
+                                            seats_per_row, sort_order)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                &program_id,
+                &category.name,
+                &category.price_cents,
+                &category.layout.capacity(),
+                &seated,
+                &rows,
+                &per_row,
+                &sort,
+            ],
+        )
+        .await?;
+    let category_id: i64 = row.get(0);
+    if seated {
+        // One statement for the whole grid: thousands of seats without thousands of round trips.
+        tx.execute(
+            "INSERT INTO seats (program_id, ticket_category_id, row_no, col_no, price_cents)
+             SELECT $1, $2, r, c, $3
+             FROM generate_series(1, $4::int) AS r, generate_series(1, $5::int) AS c",
+            &[
+                &program_id,
+                &category_id,
+                &category.price_cents,
+                &rows,
+                &per_row,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Everything that talks to a store: PostgreSQL (source of truth), Redis (mirror, never decides)
+//! and Pulsar (order events). One repository module per aggregate.
+//!
+//! [`Stores::connect`] opens all three and fails with a message naming the store that did not
+//! answer, so a misconfigured deployment stops at startup instead of serving errors.
+
+pub mod catalog;
+pub mod postgres;
+pub mod pulsar;
+pub mod redis;
+pub mod users;
+
+use crate::config::Settings;
+
+pub use self::postgres::PgPool;
+pub use self::pulsar::PulsarStore;
+pub use self::redis::RedisStore;
+
+/// Why a store could not be opened or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// PostgreSQL refused, timed out or failed a query.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// Redis refused or timed out.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The Pulsar broker refused or timed out.
+    #[error("pulsar: {0}")]
+    Pulsar(String),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migration(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(postgres::describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Postgres(e.to_string())
+    }
+}
+
+/// The three stores of a running process; cheap to clone (all are handles).
+#[derive(Clone)]
+pub struct Stores {
+    /// PostgreSQL pool.
+    pub pg: PgPool,
+    /// Redis client with the configured key prefix.
+    pub redis: RedisStore,
+    /// Pulsar client with the configured topic prefix.
+    pub pulsar: PulsarStore,
+}
+
+impl Stores {
+    /// Opens PostgreSQL, Redis and Pulsar, in that order, each within its configured timeout.
+    pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
+        let pg = postgres::connect(&settings.database).await?;
+        let redis = RedisStore::connect(&settings.redis).await?;
+        let pulsar = PulsarStore::connect(&settings.pulsar).await?;
+        Ok(Stores { pg, redis, pulsar })
+    }
+}

@@ -1,0 +1,85 @@
+//! PostgreSQL pool (deadpool-postgres over tokio-postgres) and schema migrations (refinery).
+
+use super::StoreError;
+use crate::config::DatabaseSettings;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::ExposeSecret;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// The process-wide pool. Its size bounds how many Postgres backends we occupy.
+pub type PgPool = Pool;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Builds the pool and proves it works with one round trip, so a wrong URL fails at startup.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let pool = build_pool(settings)?;
+    ping(&pool, settings.connect_timeout()).await?;
+    Ok(pool)
+}
+
+/// Builds the pool without connecting (connections open lazily).
+pub fn build_pool(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let mut pg_config: tokio_postgres::Config = settings
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(|e| StoreError::Postgres(format!("bad database.url: {e}")))?;
+    pg_config.connect_timeout(settings.connect_timeout());
+    pg_config.application_name("boxoffice");
+    let manager = Manager::from_config(
+        pg_config,
+        NoTls,
+        // Fast recycling: a broken connection surfaces as a query error and is dropped then.
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(Runtime::Tokio1)
+        // Waiting longer than this for a free connection means overload: fail and say so.
+        .wait_timeout(Some(settings.connect_timeout()))
+        .create_timeout(Some(settings.connect_timeout()))
+        .build()
+        .map_err(|e| StoreError::Postgres(e.to_string()))
+}
+
+/// One `SELECT 1` within `timeout`.
+pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), StoreError> {
+    let check = async {
+        let client = pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok::<_, StoreError>(())
+    };
+    tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| StoreError::Postgres(format!("no answer within {timeout:?}")))?
+}
+
+/// Applies pending migrations from `migrations/` (embedded at build time). Safe to run twice:
+/// refinery records applied versions and skips them.
+pub async fn migrate(pool: &PgPool) -> Result<usize, StoreError> {
+    let mut client = pool.get().await?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut **client)
+        .await
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    Ok(report.applied_migrations().len())
+}
+
+/// A tokio-postgres error with its database detail, which `Display` alone omits.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} ({})",
+            db.code().code(),
+            db.message(),
+            db.detail().unwrap_or("")
+        ),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,75 @@
+//! Redis through fred. Every key goes through [`RedisStore::key`], which prepends the configured
+//! prefix, so deployments and tests can share one Redis without seeing each other's keys.
+//! Redis mirrors and counts; it never decides (invariant 8).
+
+use super::StoreError;
+use crate::config::RedisSettings;
+use fred::prelude::*;
+use secrecy::ExposeSecret;
+use std::time::Duration;
+
+/// A connected fred client plus our key prefix; cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Connects and pings within the configured timeout.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = build_client(settings)?;
+        let timeout = settings.connect_timeout();
+        tokio::time::timeout(timeout, client.init())
+            .await
+            .map_err(|_| StoreError::Redis(format!("no answer within {timeout:?}")))?
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        let store = RedisStore {
+            client,
+            prefix: settings.key_prefix.clone(),
+            timeout,
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// `prefix + name`: the only way code in this crate should name a Redis key.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{}", self.prefix, name)
+    }
+
+    /// The underlying client, for commands this wrapper does not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// One PING within the timeout; readiness uses it.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let ping = self.client.ping::<String>(None);
+        tokio::time::timeout(self.timeout, ping)
+            .await
+            .map_err(|_| StoreError::Redis(format!("no answer within {:?}", self.timeout)))?
+            .map(|_| ())
+            .map_err(|e| StoreError::Redis(e.to_string()))
+    }
+}
+
+fn build_client(settings: &RedisSettings) -> Result<Client, StoreError> {
+    let config = Config::from_url(settings.url.expose_secret())
+        .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
+    let timeout = settings.connect_timeout();
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+        })
+        .with_performance_config(|p| {
+            // A command never waits forever: Redis down must turn into an error, not a hang.
+            p.default_command_timeout = timeout;
+        })
+        // Keep reconnecting in the background forever; callers see errors meanwhile.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+        .map_err(|e| StoreError::Redis(e.to_string()))
+}

@@ -1,0 +1,230 @@
+//! Test harness: isolated databases and in-process servers against the real stores.
+#![allow(dead_code)] // shared by many test modules; not every one uses every helper
+//!
+//! Environment: `BOXOFFICE_TEST_PG` (server URL without database, default
+//! `postgres://postgres@127.0.0.1:5432`); Redis and Pulsar come from the usual settings
+//! (defaults or `BOXOFFICE__REDIS__URL`, `BOXOFFICE__PULSAR__URL`).
+
+use boxoffice::config::Settings;
+use boxoffice::store::{PgPool, postgres};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+fn pg_server_url() -> String {
+    std::env::var("BOXOFFICE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Settings from defaults and environment (no config file), with per-test isolation applied.
+pub fn test_settings(db_name: &str) -> Settings {
+    let mut settings =
+        Settings::from_figment(Settings::figment(Path::new("/nonexistent/boxoffice.toml")))
+            .expect("test settings load");
+    let suffix = unique_suffix();
+    settings.database.url = SecretString::from(format!("{}/{db_name}", pg_server_url()));
+    settings.database.pool_size = 4;
+    settings.redis.key_prefix = format!("test:{suffix}:");
+    settings.pulsar.topic_prefix = format!("test-{suffix}-");
+    settings.server.port = 0;
+    settings
+}
+
+/// A database of its own, created empty, dropped (forcefully) when the value is dropped.
+pub struct TestDb {
+    /// Database name, `bo_test_<uuid>`.
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates an empty database.
+    pub async fn create() -> TestDb {
+        let name = format!("bo_test_{}", unique_suffix());
+        admin_query(&format!("CREATE DATABASE {name}")).await;
+        TestDb { name }
+    }
+
+    /// Creates a database and applies all migrations; returns it with a pool on it.
+    pub async fn migrated() -> (TestDb, PgPool, Settings) {
+        let db = TestDb::create().await;
+        let settings = test_settings(&db.name);
+        let pool = postgres::connect(&settings.database)
+            .await
+            .expect("connect test db");
+        postgres::migrate(&pool).await.expect("migrate test db");
+        (db, pool, settings)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime, which cannot be blocked: use a thread of our own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(admin_query(&sql))
+        })
+        .join();
+    }
+}
+
+async fn admin_query(sql: &str) {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{}/postgres", pg_server_url()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the postgres maintenance database");
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(client);
+    let _ = conn.await;
+}
+
+/// A running server with its own database and prefixes; shuts down when dropped.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// HTTP client for the server.
+    pub http: reqwest::Client,
+    /// Pool on the test database.
+    pub pg: PgPool,
+    /// The settings the server runs with.
+    pub settings: Settings,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _db: TestDb,
+}
+
+impl TestApp {
+    /// `GET address + path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Starts a server on port 0 with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server on port 0 after `customize` adjusted its settings.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let db = TestDb::create().await;
+    let mut settings = test_settings(&db.name);
+    customize(&mut settings);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(boxoffice::serve(settings.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    wait_until_healthy(&http, &address, &server).await;
+    let pg = postgres::connect(&settings.database)
+        .await
+        .expect("test pool");
+    TestApp {
+        address,
+        http,
+        pg,
+        settings,
+        shutdown: Some(tx),
+        server: Some(server),
+        _db: db,
+    }
+}
+
+async fn wait_until_healthy(
+    http: &reqwest::Client,
+    address: &str,
+    server: &JoinHandle<anyhow::Result<()>>,
+) {
+    for _ in 0..400 {
+        assert!(!server.is_finished(), "server exited during startup");
+        if let Ok(r) = http.get(format!("{address}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {address} did not become healthy");
+}
+
+/// A TCP forwarder in front of a real service, which a test can cut to simulate the service
+/// going away (the real one is shared by all tests and must stay up).
+pub struct TcpCut {
+    /// Address clients should use instead of the real service.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl TcpCut {
+    /// Forwards connections on a fresh local port to `target`.
+    pub async fn start(target: SocketAddr) -> TcpCut {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A std mutex: held only to push or drain handles, never across an await.
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tracked = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked.lock().unwrap().push(conn);
+            }
+        });
+        TcpCut { addr, task, conns }
+    }
+
+    /// Stops accepting and severs every forwarded connection.
+    pub fn cut(&self) {
+        self.task.abort();
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+}
+
+impl Drop for TcpCut {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
