@@ -1,5 +1,8 @@
 //! Plain types and pure rules: no I/O, unit-tested.
 
+pub mod inventory;
+pub mod seating;
+
 /// Number of low bits of an order number that equal the buyer's user id bits (the "gene").
 /// Orders and tickets are partitioned by it (`migrations/V1__initial.sql` creates 2^4 = 16
 /// partitions), so "by order number" and "by user" both name one partition.
