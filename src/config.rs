@@ -34,6 +34,25 @@ pub struct Settings {
     pub secrets: Secrets,
     /// Logging.
     pub log: LogSettings,
+    /// Category actors.
+    pub actors: ActorSettings,
+}
+
+/// Limits and timings of the category actors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSettings {
+    /// Requests queued or running per actor before callers get `Overloaded` (503): a bound on
+    /// memory and on latency, instead of an ever-growing queue during a rush.
+    pub mailbox_capacity: usize,
+    /// Arbiter threads hosting actors; 0 = one per core.
+    pub arbiters: usize,
+    /// An actor without holds that saw no request for this long is stopped (state is in Postgres).
+    pub idle_passivate_secs: u64,
+    /// Seat-map snapshots are republished at most this often (deltas go out per change).
+    pub snapshot_interval_ms: u64,
+    /// Delay before retrying a failed expiry write.
+    pub expiry_retry_ms: u64,
 }
 
 /// Where the HTTP server listens and how it names itself in printed URLs.

@@ -23,6 +23,7 @@
 //! settings; `main.rs` only parses the command line and calls it.
 
 pub mod actors;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;

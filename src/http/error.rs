@@ -115,6 +115,12 @@ impl From<crate::store::StoreError> for ApiError {
                 tracing::error!(error = %e, "store failure");
                 ApiError::unavailable("STORE_UNAVAILABLE", "a store is unavailable; retry shortly")
             }
+            NotFound(_) => ApiError::not_found("resource"),
+            Conflict(_) => ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "CONFLICT",
+                "the resource changed; retry",
+            ),
             Redis(_) | Pulsar(_) => {
                 tracing::warn!(error = %e, "dependency failure");
                 ApiError::unavailable(

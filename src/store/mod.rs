@@ -5,6 +5,7 @@
 //! answer, so a misconfigured deployment stops at startup instead of serving errors.
 
 pub mod catalog;
+pub mod inventory;
 pub mod postgres;
 pub mod pulsar;
 pub mod redis;
@@ -28,6 +29,12 @@ pub enum StoreError {
     /// The Pulsar broker refused or timed out.
     #[error("pulsar: {0}")]
     Pulsar(String),
+    /// A row the caller named does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Rows were not in the state a change expected; nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A migration failed.
     #[error("migration: {0}")]
     Migration(String),

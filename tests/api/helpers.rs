@@ -228,3 +228,59 @@ impl Drop for TcpCut {
         self.cut();
     }
 }
+
+/// Creates a program with the given tiers (name, price, layout); returns its id and category ids
+/// in the given order.
+pub async fn create_program(
+    pool: &PgPool,
+    slug: &str,
+    tiers: &[(&str, i64, boxoffice::store::catalog::Layout)],
+) -> (i64, Vec<i64>) {
+    use boxoffice::store::catalog::{self, NewProgram, NewTicketCategory};
+    let area = catalog::ensure_area(pool, "Test City").await.unwrap();
+    let genre = catalog::ensure_program_category(pool, None, "Concert")
+        .await
+        .unwrap();
+    let program = NewProgram {
+        slug: slug.into(),
+        title: format!("Test {slug}"),
+        area_id: area,
+        category_id: genre,
+        venue: "Hall".into(),
+        description: String::new(),
+        choose_seats: true,
+        per_order_limit: 4,
+        per_account_limit: 4,
+        on_sale_at: chrono::Utc::now(),
+        show_times: vec![chrono::Utc::now()],
+        categories: tiers
+            .iter()
+            .map(|(name, price, layout)| NewTicketCategory {
+                name: name.to_string(),
+                price_cents: *price,
+                layout: *layout,
+            })
+            .collect(),
+    };
+    let id = catalog::create_program(pool, &program).await.unwrap();
+    let client = pool.get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT id FROM ticket_categories WHERE program_id = $1 ORDER BY sort_order",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (id, rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Actor settings for tests: small limits, quick snapshots and retries.
+pub fn actor_settings() -> boxoffice::config::ActorSettings {
+    boxoffice::config::ActorSettings {
+        mailbox_capacity: 64,
+        arbiters: 2,
+        idle_passivate_secs: 3600,
+        snapshot_interval_ms: 5,
+        expiry_retry_ms: 20,
+    }
+}

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod actors;
 mod ops;
 mod schema;
 mod seed;

@@ -1,0 +1,269 @@
+//! `CategoryActor`: the single writer of one ticket category's seats, holds and hold timers.
+//!
+//! Handlers change the [`Inventory`] synchronously, hand durable changes to the
+//! [`InventoryStore`] and keep serving other messages while the write is in flight
+//! (`ResponseActFuture` runs beside the mailbox, not in front of it). Only a confirmed write makes
+//! a change visible: then the delta is broadcast, the snapshot marked dirty and timers adjusted.
+
+use super::messages::*;
+use crate::clock::Clock;
+use crate::config::ActorSettings;
+use crate::domain::inventory::{Change, ChangeKind, Delta, Inventory, OrderNo, SeatInfo};
+use crate::store::inventory::InventoryStore;
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Owns one category. Created by the [`Supervisor`](super::Supervisor) with state loaded from
+/// Postgres.
+pub struct CategoryActor {
+    inv: Inventory,
+    seats: Arc<[SeatInfo]>,
+    store: Arc<dyn InventoryStore>,
+    clock: Arc<dyn Clock>,
+    settings: ActorSettings,
+    timers: HashMap<OrderNo, SpawnHandle>,
+    snapshot: watch::Sender<Arc<CategorySnapshot>>,
+    deltas: broadcast::Sender<Arc<Delta>>,
+    dirty: bool,
+    totals: Totals,
+}
+
+/// The channels an actor publishes on; created by the supervisor so readers never need to
+/// message the actor.
+pub struct Channels {
+    /// Latest committed seat map.
+    pub snapshot: watch::Sender<Arc<CategorySnapshot>>,
+    /// Every committed delta.
+    pub deltas: broadcast::Sender<Arc<Delta>>,
+}
+
+impl CategoryActor {
+    /// An actor over loaded state.
+    pub fn new(
+        inv: Inventory,
+        store: Arc<dyn InventoryStore>,
+        clock: Arc<dyn Clock>,
+        settings: ActorSettings,
+        channels: Channels,
+    ) -> Self {
+        CategoryActor {
+            seats: inv.spec().seats.clone().into(),
+            inv,
+            store,
+            clock,
+            settings,
+            timers: HashMap::new(),
+            snapshot: channels.snapshot,
+            deltas: channels.deltas,
+            dirty: true,
+            totals: Totals::default(),
+        }
+    }
+
+    /// The snapshot a fresh subscriber or seat-map request gets.
+    pub fn snapshot_of(inv: &Inventory, seats: Arc<[SeatInfo]>) -> CategorySnapshot {
+        CategorySnapshot {
+            category_id: inv.spec().category_id,
+            seq: inv.seq(),
+            counts: inv.counts(),
+            seats,
+            statuses: inv.seat_statuses(),
+        }
+    }
+
+    fn publish_snapshot_if_dirty(&mut self) {
+        if self.dirty {
+            self.dirty = false;
+            self.snapshot
+                .send_replace(Arc::new(Self::snapshot_of(&self.inv, self.seats.clone())));
+        }
+    }
+
+    fn arm_timer(
+        &mut self,
+        order: OrderNo,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        ctx: &mut Context<Self>,
+    ) {
+        let wait = (expires_at - self.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let handle = ctx.run_later(wait, move |act, ctx| act.expire(order, ctx));
+        if let Some(old) = self.timers.insert(order, handle) {
+            ctx.cancel_future(old);
+        }
+    }
+
+    fn cancel_timer(&mut self, order: OrderNo, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timers.remove(&order) {
+            ctx.cancel_future(handle);
+        }
+    }
+
+    /// Timer fired: release the hold, retrying later if the write fails.
+    fn expire(&mut self, order: OrderNo, ctx: &mut Context<Self>) {
+        self.timers.remove(&order);
+        let change = match self.inv.begin(ChangeKind::Release, order) {
+            Ok(Some(change)) => change,
+            Ok(None) | Err(_) => return,
+        };
+        let retry = Duration::from_millis(self.settings.expiry_retry_ms);
+        ctx.spawn(self.persist(change).map(move |res, act, ctx| {
+            if res.is_ok() {
+                act.totals.expiries += 1;
+            } else {
+                ctx.run_later(retry, move |act, ctx| act.expire(order, ctx));
+            }
+        }));
+    }
+
+    /// Writes `change`, then applies the outcome to memory and publishes what became visible.
+    fn persist(
+        &mut self,
+        change: Change,
+    ) -> impl ActorFuture<Self, Output = Result<(), ActorError>> + 'static {
+        let write = self.store.apply(change.clone());
+        write.into_actor(self).map(move |res, act, ctx| {
+            let ok = res.is_ok();
+            if let Some(delta) = act.inv.finish(&change, ok) {
+                act.committed(&change, delta, ctx);
+            }
+            res.map_err(|e| {
+                tracing::warn!(order_no = change.order_no, kind = ?change.kind, error = %e, "inventory write failed");
+                ActorError::CommitFailed(e.to_string())
+            })
+        })
+    }
+
+    fn committed(&mut self, change: &Change, delta: Delta, ctx: &mut Context<Self>) {
+        match change.kind {
+            ChangeKind::Hold => {
+                self.totals.holds += 1;
+                if let Some(at) = change.expires_at {
+                    self.arm_timer(change.order_no, at, ctx);
+                }
+            }
+            ChangeKind::Release => {
+                self.totals.releases += 1;
+                self.cancel_timer(change.order_no, ctx);
+            }
+            ChangeKind::Confirm => {
+                self.totals.sales += 1;
+                self.cancel_timer(change.order_no, ctx);
+            }
+            ChangeKind::Return => self.totals.returns += 1,
+        }
+        self.dirty = true;
+        // No subscribers is fine: the send only fails when nobody listens.
+        let _ = self.deltas.send(Arc::new(delta));
+    }
+}
+
+impl Actor for CategoryActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let holds: Vec<_> = self.inv.holds().collect();
+        for (order, expires_at) in holds {
+            self.arm_timer(order, expires_at, ctx);
+        }
+        self.publish_snapshot_if_dirty();
+        let every = Duration::from_millis(self.settings.snapshot_interval_ms.max(1));
+        ctx.run_interval(every, |act, _| act.publish_snapshot_if_dirty());
+    }
+}
+
+impl Handler<Hold> for CategoryActor {
+    type Result = ResponseActFuture<Self, Result<Held, ActorError>>;
+
+    fn handle(&mut self, msg: Hold, _: &mut Context<Self>) -> Self::Result {
+        let taken = match msg.selection {
+            Selection::Seats(seats) => self.inv.hold_seats(msg.order_no, &seats, msg.expires_at),
+            Selection::Best(quantity) => self.inv.hold_best(msg.order_no, quantity, msg.expires_at),
+        };
+        let change = match taken {
+            Ok(change) => change,
+            Err(e) => return Box::pin(fut::ready(Err(ActorError::Inventory(e)))),
+        };
+        let held = Held {
+            seats: change.seats.clone(),
+            quantity: change.quantity,
+            expires_at: msg.expires_at,
+        };
+        Box::pin(self.persist(change).map(move |res, _, _| res.map(|_| held)))
+    }
+}
+
+impl Handler<Transition> for CategoryActor {
+    type Result = ResponseActFuture<Self, Result<bool, ActorError>>;
+
+    fn handle(&mut self, msg: Transition, _: &mut Context<Self>) -> Self::Result {
+        match self.inv.begin(msg.kind, msg.order_no) {
+            Ok(Some(change)) => Box::pin(self.persist(change).map(|res, _, _| res.map(|_| true))),
+            Ok(None) => Box::pin(fut::ready(Ok(false))),
+            Err(e) => Box::pin(fut::ready(Err(ActorError::Inventory(e)))),
+        }
+    }
+}
+
+impl Handler<GetSnapshot> for CategoryActor {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
+        self.publish_snapshot_if_dirty();
+        MessageResult(self.snapshot.borrow().clone())
+    }
+}
+
+impl Handler<Subscribe> for CategoryActor {
+    type Result = MessageResult<Subscribe>;
+
+    /// Snapshot and receiver are taken in one handler, so no delta falls between them.
+    fn handle(&mut self, _: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        self.dirty = true;
+        self.publish_snapshot_if_dirty();
+        MessageResult((self.snapshot.borrow().clone(), self.deltas.subscribe()))
+    }
+}
+
+impl Handler<GetStats> for CategoryActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(CategoryStats {
+            category_id: self.inv.spec().category_id,
+            capacity: self.inv.spec().capacity,
+            counts: self.inv.counts(),
+            seq: self.inv.seq(),
+            armed_timers: self.timers.len(),
+            totals: self.totals,
+        })
+    }
+}
+
+impl Handler<Passivate> for CategoryActor {
+    type Result = bool;
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) -> bool {
+        if self.inv.has_live_holds() {
+            return false;
+        }
+        ctx.stop();
+        true
+    }
+}
+
+impl Handler<Crash> for CategoryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Crash, _: &mut Context<Self>) {
+        panic!(
+            "fault injected into category {}: {}",
+            self.inv.spec().category_id,
+            msg.0
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Messages a `CategoryActor` answers, and what it answers with.
+
+use crate::domain::inventory::{
+    ChangeKind, Counts, Delta, InventoryError, OrderNo, SeatId, SeatInfo, SeatStatus,
+};
+use actix::Message;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Why an actor call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActorError {
+    /// The inventory refused (seat taken, sold out, price mismatch, ...).
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// The store did not confirm the write; the change was rolled back in memory.
+    #[error("the change could not be made durable: {0}")]
+    CommitFailed(String),
+    /// Too many requests queued for this category; retry shortly (503 + Retry-After).
+    #[error("category is overloaded; retry shortly")]
+    Overloaded,
+    /// The actor stopped while handling this request; its state is reloaded from Postgres.
+    #[error("category actor restarted during the request; its outcome is unknown, check and retry")]
+    Restarted,
+    /// No such ticket category.
+    #[error("ticket category {0} not found")]
+    NotFound(i64),
+    /// Loading the category from the store failed.
+    #[error("category could not be loaded: {0}")]
+    Load(String),
+}
+
+/// Which seats a hold takes.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// Chosen seats, each with the price the client saw.
+    Seats(Vec<(SeatId, i64)>),
+    /// The best `n` seats, or `n` general-admission tickets.
+    Best(u32),
+}
+
+/// Hold tickets for an order until `expires_at` (answers after the hold is durable).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Held, ActorError>")]
+pub struct Hold {
+    /// The order taking the tickets.
+    pub order_no: OrderNo,
+    /// What to take.
+    pub selection: Selection,
+    /// When the hold expires unless paid.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A durable hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Seats taken (empty for general admission).
+    pub seats: Vec<SeatInfo>,
+    /// Tickets taken.
+    pub quantity: u32,
+    /// Deadline.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Release (cancel), confirm (paid) or return (refund) an order's tickets.
+/// Answers `true` if something changed, `false` if it had already happened.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<bool, ActorError>")]
+pub struct Transition {
+    /// `Release`, `Confirm` or `Return` (not `Hold`).
+    pub kind: ChangeKind,
+    /// The order.
+    pub order_no: OrderNo,
+}
+
+/// The committed seat map of one category, built once and shared.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategorySnapshot {
+    /// The category.
+    pub category_id: i64,
+    /// Sequence number of the last change included.
+    pub seq: u64,
+    /// Counts at that point (pending holds count as held).
+    pub counts: Counts,
+    /// Seat facts in grid order (shared, never copied per request).
+    pub seats: Arc<[SeatInfo]>,
+    /// Status per seat, same order.
+    pub statuses: Vec<SeatStatus>,
+}
+
+/// Ask for the current snapshot.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Arc<CategorySnapshot>")]
+pub struct GetSnapshot;
+
+/// Subscribe to committed deltas; answers the snapshot they follow.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "(Arc<CategorySnapshot>, broadcast::Receiver<Arc<Delta>>)")]
+pub struct Subscribe;
+
+/// Counters since the actor started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Durable holds.
+    pub holds: u64,
+    /// Releases by request (cancel) or timer.
+    pub releases: u64,
+    /// Releases by timer.
+    pub expiries: u64,
+    /// Confirmed sales.
+    pub sales: u64,
+    /// Returns (refunds).
+    pub returns: u64,
+}
+
+/// Ask for statistics.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "CategoryStats")]
+pub struct GetStats;
+
+/// What an actor reports about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryStats {
+    /// The category.
+    pub category_id: i64,
+    /// Tickets in total.
+    pub capacity: u32,
+    /// Available/held/sold.
+    pub counts: Counts,
+    /// Last committed sequence number.
+    pub seq: u64,
+    /// Hold timers armed.
+    pub armed_timers: usize,
+    /// Counters since start.
+    pub totals: Totals,
+}
+
+/// Stop if idle (no holds or changes in flight); answers whether it stopped.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "bool")]
+pub struct Passivate;
+
+/// Fault injection for restart tests and drills: the actor panics.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Crash(pub String);

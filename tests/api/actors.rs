@@ -1,0 +1,712 @@
+//! Category actors against real Postgres: a seeded simulation against a simple model, restarts,
+//! commit failures, backpressure and multi-category rollback.
+//!
+//! Reproduce a simulation run with `SIM_SEED=<seed printed on failure> dev/test.sh -- actors`.
+
+use crate::helpers::{TestDb, actor_settings, create_program};
+use boxoffice::actors::{
+    ActorError, Crash, GetSnapshot, GetStats, Hold, Selection, Supervisor, Transition, hold_all,
+};
+use boxoffice::clock::SystemClock;
+use boxoffice::domain::inventory::{
+    CategorySpec, Change, ChangeKind, InventoryError, LoadedOrder, SeatStatus,
+};
+use boxoffice::store::catalog::Layout;
+use boxoffice::store::inventory::{InventoryStore, PgInventoryStore};
+use boxoffice::store::{PgPool, StoreError};
+use chrono::{Duration, Utc};
+use futures::future::BoxFuture;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The real Postgres store with a switch that makes the next write fail without writing.
+struct FlakyStore {
+    inner: PgInventoryStore,
+    fail_next: AtomicBool,
+}
+
+impl InventoryStore for FlakyStore {
+    fn load(
+        &self,
+        category_id: i64,
+    ) -> BoxFuture<'static, Result<(CategorySpec, Vec<LoadedOrder>), StoreError>> {
+        self.inner.load(category_id)
+    }
+    fn apply(&self, change: Change) -> BoxFuture<'static, Result<(), StoreError>> {
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Postgres("injected commit failure".into())) });
+        }
+        self.inner.apply(change)
+    }
+}
+
+struct Rig {
+    pool: PgPool,
+    store: Arc<FlakyStore>,
+    supervisor: Supervisor,
+    seated: i64,
+    ga: i64,
+    _db: TestDb,
+}
+
+const ROWS: i32 = 6;
+const COLS: i32 = 8;
+const GA_CAPACITY: u32 = 30;
+const PRICE: i64 = 5_000;
+
+async fn rig() -> Rig {
+    let (db, pool, _) = TestDb::migrated().await;
+    let (_, cats) = create_program(
+        &pool,
+        "actors",
+        &[
+            (
+                "Seated",
+                PRICE,
+                Layout::Seated {
+                    rows: ROWS,
+                    seats_per_row: COLS,
+                },
+            ),
+            (
+                "Standing",
+                2_000,
+                Layout::General {
+                    capacity: GA_CAPACITY as i32,
+                },
+            ),
+        ],
+    )
+    .await;
+    let store = Arc::new(FlakyStore {
+        inner: PgInventoryStore::new(pool.clone(), tokio::runtime::Handle::current()),
+        fail_next: AtomicBool::new(false),
+    });
+    let supervisor = Supervisor::new(store.clone(), Arc::new(SystemClock), actor_settings());
+    Rig {
+        pool,
+        store,
+        supervisor,
+        seated: cats[0],
+        ga: cats[1],
+        _db: db,
+    }
+}
+
+fn hold(order_no: i64, selection: Selection, expires_in: Duration) -> Hold {
+    Hold {
+        order_no,
+        selection,
+        expires_at: Utc::now() + expires_in,
+    }
+}
+
+/// What the actor should hold, kept by the simplest possible bookkeeping.
+#[derive(Default)]
+struct Model {
+    seat_owner: HashMap<i64, i64>,
+    orders: HashMap<i64, ModelOrder>,
+    ga_taken: u32,
+}
+
+#[derive(Clone)]
+struct ModelOrder {
+    category: i64,
+    seats: Vec<i64>,
+    quantity: u32,
+    sold: bool,
+}
+
+impl Model {
+    fn add(&mut self, order: i64, o: ModelOrder, ga: i64) {
+        for s in &o.seats {
+            assert!(
+                self.seat_owner.insert(*s, order).is_none(),
+                "seat {s} given to two orders"
+            );
+        }
+        if o.category == ga {
+            self.ga_taken += o.quantity;
+        }
+        self.orders.insert(order, o);
+    }
+
+    fn remove(&mut self, order: i64, ga: i64) {
+        let o = self.orders.remove(&order).expect("model order");
+        for s in &o.seats {
+            self.seat_owner.remove(s);
+        }
+        if o.category == ga {
+            self.ga_taken -= o.quantity;
+        }
+    }
+
+    fn status(&self, seat: i64) -> SeatStatus {
+        match self.seat_owner.get(&seat).map(|o| self.orders[o].sold) {
+            None => SeatStatus::Available,
+            Some(false) => SeatStatus::Held,
+            Some(true) => SeatStatus::Sold,
+        }
+    }
+
+    fn orders_in(&self, category: i64, sold: bool) -> Vec<i64> {
+        let mut v: Vec<i64> = self
+            .orders
+            .iter()
+            .filter(|(_, o)| o.category == category && o.sold == sold)
+            .map(|(n, _)| *n)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+async fn assert_actor_matches(rig: &Rig, model: &Model, step: usize, seed: u64) {
+    let snap = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    for (seat, status) in snap.seats.iter().zip(&snap.statuses) {
+        assert_eq!(
+            *status,
+            model.status(seat.id),
+            "seat {} at step {step} (seed {seed})",
+            seat.id
+        );
+    }
+    let c = snap.counts;
+    assert_eq!(
+        c.available + c.held + c.sold,
+        (ROWS * COLS) as u32,
+        "seated counts at step {step} (seed {seed})"
+    );
+    let ga = rig
+        .supervisor
+        .call(rig.ga, GetSnapshot)
+        .await
+        .unwrap()
+        .counts;
+    assert_eq!(
+        ga.available + ga.held + ga.sold,
+        GA_CAPACITY,
+        "GA counts at step {step} (seed {seed})"
+    );
+    assert_eq!(
+        ga.held + ga.sold,
+        model.ga_taken,
+        "GA taken at step {step} (seed {seed})"
+    );
+}
+
+async fn assert_postgres_matches(rig: &Rig, model: &Model, seed: u64) {
+    let client = rig.pool.get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT id, status, order_no FROM seats WHERE ticket_category_id = $1",
+            &[&rig.seated],
+        )
+        .await
+        .unwrap();
+    for r in rows {
+        let (id, status, order): (i64, &str, Option<i64>) = (r.get(0), r.get(1), r.get(2));
+        let want = model.status(id);
+        assert_eq!(
+            status,
+            serde_json::to_value(want).unwrap().as_str().unwrap(),
+            "pg seat {id} (seed {seed})"
+        );
+        assert_eq!(
+            order,
+            model.seat_owner.get(&id).copied(),
+            "pg seat {id} order (seed {seed})"
+        );
+    }
+    let taken: i32 = client
+        .query_one(
+            "SELECT ga_taken FROM ticket_categories WHERE id = $1",
+            &[&rig.ga],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken as u32, model.ga_taken, "pg ga_taken (seed {seed})");
+}
+
+/// Waits (bounded) until the category's actor has released `n` holds by timer in total.
+async fn await_expiries(rig: &Rig, category: i64, n: u64) {
+    for _ in 0..2_000 {
+        if rig
+            .supervisor
+            .call(category, GetStats)
+            .await
+            .is_ok_and(|s| s.totals.expiries >= n)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("expiry did not happen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulation_actor_agrees_with_model_and_postgres() {
+    let seed: u64 = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("simulation seed {seed} (SIM_SEED={seed} reproduces)");
+    let rig = rig().await;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = Model::default();
+    let seat_ids: Vec<i64> = rig
+        .supervisor
+        .call(rig.seated, GetSnapshot)
+        .await
+        .unwrap()
+        .seats
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let mut expiries: HashMap<i64, u64> = HashMap::new();
+    const STEPS: usize = 1_500;
+    for step in 0..STEPS {
+        let order = 1_000 + step as i64;
+        match rng.gen_range(0..100) {
+            0..=29 => hold_chosen(&rig, &mut model, &mut rng, &seat_ids, order, seed).await,
+            30..=44 => hold_best(&rig, &mut model, &mut rng, order, seed).await,
+            45..=59 => finish_some(&rig, &mut model, &mut rng, ChangeKind::Release, seed).await,
+            60..=71 => finish_some(&rig, &mut model, &mut rng, ChangeKind::Confirm, seed).await,
+            72..=79 => finish_some(&rig, &mut model, &mut rng, ChangeKind::Return, seed).await,
+            80..=86 => {
+                let category = if rng.gen_bool(0.5) {
+                    rig.seated
+                } else {
+                    rig.ga
+                };
+                let quantity = rng.gen_range(1..=2);
+                if rig
+                    .supervisor
+                    .hold(
+                        category,
+                        hold(order, Selection::Best(quantity), Duration::seconds(-1)),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    let n = expiries.entry(category).or_default();
+                    *n += 1;
+                    await_expiries(&rig, category, *n).await;
+                }
+            }
+            87..=92 => {
+                rig.store.fail_next.store(true, Ordering::SeqCst);
+                let category = if rng.gen_bool(0.5) {
+                    rig.seated
+                } else {
+                    rig.ga
+                };
+                let r = rig
+                    .supervisor
+                    .hold(
+                        category,
+                        hold(order, Selection::Best(1), Duration::minutes(15)),
+                    )
+                    .await;
+                let sold_out = matches!(
+                    r,
+                    Err(ActorError::Inventory(InventoryError::SoldOut { .. }))
+                );
+                assert!(
+                    matches!(r, Err(ActorError::CommitFailed(_))) || sold_out,
+                    "step {step}: {r:?} (seed {seed})"
+                );
+                rig.store.fail_next.store(false, Ordering::SeqCst);
+            }
+            _ => {
+                let category = if rng.gen_bool(0.5) {
+                    rig.seated
+                } else {
+                    rig.ga
+                };
+                let r = rig
+                    .supervisor
+                    .call(category, Crash(format!("step {step}")))
+                    .await;
+                assert_eq!(r, Err(ActorError::Restarted), "step {step} (seed {seed})");
+                expiries.remove(&category);
+            }
+        }
+        assert_actor_matches(&rig, &model, step, seed).await;
+        if step % 100 == 99 {
+            assert_postgres_matches(&rig, &model, seed).await;
+        }
+    }
+    assert_postgres_matches(&rig, &model, seed).await;
+}
+
+async fn hold_chosen(
+    rig: &Rig,
+    model: &mut Model,
+    rng: &mut StdRng,
+    seat_ids: &[i64],
+    order: i64,
+    seed: u64,
+) {
+    let n = rng.gen_range(1..=3);
+    let chosen: Vec<i64> = seat_ids.choose_multiple(rng, n).copied().collect();
+    let wrong_price = rng.gen_bool(0.1);
+    let seats: Vec<(i64, i64)> = chosen
+        .iter()
+        .map(|s| (*s, if wrong_price { PRICE + 1 } else { PRICE }))
+        .collect();
+    let result = rig
+        .supervisor
+        .hold(
+            rig.seated,
+            hold(order, Selection::Seats(seats), Duration::minutes(15)),
+        )
+        .await;
+    let free = chosen.iter().all(|s| !model.seat_owner.contains_key(s));
+    match result {
+        Ok(held) => {
+            assert!(
+                free && !wrong_price,
+                "hold of {chosen:?} should have failed (seed {seed})"
+            );
+            assert_eq!(held.seats.iter().map(|s| s.id).collect::<Vec<_>>(), chosen);
+            model.add(
+                order,
+                ModelOrder {
+                    category: rig.seated,
+                    seats: chosen,
+                    quantity: n as u32,
+                    sold: false,
+                },
+                rig.ga,
+            );
+        }
+        Err(ActorError::Inventory(InventoryError::PriceMismatch { .. })) => {
+            assert!(wrong_price, "seed {seed}")
+        }
+        Err(ActorError::Inventory(InventoryError::SeatUnavailable(_))) => {
+            assert!(!free && !wrong_price, "seed {seed}")
+        }
+        Err(e) => panic!("unexpected {e:?} (seed {seed})"),
+    }
+}
+
+async fn hold_best(rig: &Rig, model: &mut Model, rng: &mut StdRng, order: i64, seed: u64) {
+    let quantity = rng.gen_range(1..=4u32);
+    let ga = rng.gen_bool(0.4);
+    let category = if ga { rig.ga } else { rig.seated };
+    let result = rig
+        .supervisor
+        .hold(
+            category,
+            hold(order, Selection::Best(quantity), Duration::minutes(15)),
+        )
+        .await;
+    match result {
+        Ok(held) => {
+            let seats: Vec<i64> = held.seats.iter().map(|s| s.id).collect();
+            if ga {
+                assert!(
+                    model.ga_taken + quantity <= GA_CAPACITY,
+                    "GA oversold (seed {seed})"
+                );
+            } else {
+                assert_eq!(seats.len() as u32, quantity);
+                assert!(
+                    held.seats
+                        .windows(2)
+                        .all(|w| w[0].row == w[1].row && w[1].col == w[0].col + 1),
+                    "adjacent (seed {seed})"
+                );
+            }
+            model.add(
+                order,
+                ModelOrder {
+                    category,
+                    seats,
+                    quantity,
+                    sold: false,
+                },
+                rig.ga,
+            );
+        }
+        Err(ActorError::Inventory(InventoryError::SoldOut { .. })) => {
+            if ga {
+                assert!(
+                    model.ga_taken + quantity > GA_CAPACITY,
+                    "GA refused with room (seed {seed})"
+                );
+            } else {
+                assert!(
+                    !row_fits(model, rig, quantity).await,
+                    "seated refused with a block free (seed {seed})"
+                );
+            }
+        }
+        Err(e) => panic!("unexpected {e:?} (seed {seed})"),
+    }
+}
+
+async fn row_fits(model: &Model, rig: &Rig, quantity: u32) -> bool {
+    let snap = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    snap.seats.chunks(COLS as usize).any(|row| {
+        let mut run = 0;
+        row.iter().any(|s| {
+            run = if model.seat_owner.contains_key(&s.id) {
+                0
+            } else {
+                run + 1
+            };
+            run >= quantity
+        })
+    })
+}
+
+async fn finish_some(rig: &Rig, model: &mut Model, rng: &mut StdRng, kind: ChangeKind, seed: u64) {
+    let category = if rng.gen_bool(0.5) {
+        rig.seated
+    } else {
+        rig.ga
+    };
+    let from_sold = kind == ChangeKind::Return;
+    let candidates = model.orders_in(category, from_sold);
+    let (order_no, known) = match candidates.choose(rng) {
+        Some(o) if rng.gen_bool(0.9) => (*o, true),
+        _ => (rng.gen_range(1..500), false),
+    };
+    let result = rig
+        .supervisor
+        .transition(category, Transition { kind, order_no })
+        .await;
+    match (known, kind, result) {
+        (true, ChangeKind::Confirm, Ok(true)) => {
+            model.orders.get_mut(&order_no).unwrap().sold = true
+        }
+        (true, _, Ok(true)) => model.remove(order_no, rig.ga),
+        (false, ChangeKind::Release | ChangeKind::Return, Ok(false)) => {}
+        (false, ChangeKind::Confirm, Err(ActorError::Inventory(InventoryError::WrongState(_)))) => {
+        }
+        (k, kind, r) => panic!("{kind:?} of order {order_no} (known {k}) gave {r:?} (seed {seed})"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_actor_has_identical_state() {
+    let rig = rig().await;
+    let mut orders = Vec::new();
+    for n in 0..10 {
+        let category = if n % 2 == 0 { rig.seated } else { rig.ga };
+        rig.supervisor
+            .hold(
+                category,
+                hold(5_000 + n, Selection::Best(2), Duration::minutes(15)),
+            )
+            .await
+            .unwrap();
+        orders.push((category, 5_000 + n));
+    }
+    for (category, order_no) in orders.iter().take(3) {
+        rig.supervisor
+            .transition(
+                *category,
+                Transition {
+                    kind: ChangeKind::Confirm,
+                    order_no: *order_no,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let before = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let ga_before = rig
+        .supervisor
+        .call(rig.ga, GetSnapshot)
+        .await
+        .unwrap()
+        .counts;
+
+    assert_eq!(
+        rig.supervisor.call(rig.seated, Crash("test".into())).await,
+        Err(ActorError::Restarted)
+    );
+    assert_eq!(
+        rig.supervisor.call(rig.ga, Crash("test".into())).await,
+        Err(ActorError::Restarted)
+    );
+
+    let after = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    assert_eq!(after.statuses, before.statuses);
+    assert_eq!(after.counts, before.counts);
+    assert_eq!(
+        rig.supervisor
+            .call(rig.ga, GetSnapshot)
+            .await
+            .unwrap()
+            .counts,
+        ga_before
+    );
+    let stats = rig.supervisor.call(rig.seated, GetStats).await.unwrap();
+    assert_eq!(
+        stats.armed_timers, 3,
+        "unpaid holds re-armed: 5 seated orders, 2 of them paid"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_holds_never_share_a_seat_and_stop_at_capacity() {
+    let rig = rig().await;
+    let calls = (0..200).map(|n| {
+        let sup = rig.supervisor.clone();
+        let seated = rig.seated;
+        tokio::spawn(async move {
+            sup.hold(
+                seated,
+                hold(10_000 + n, Selection::Best(1), Duration::minutes(15)),
+            )
+            .await
+        })
+    });
+    let results = futures::future::join_all(calls).await;
+    let seats: Vec<i64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().unwrap().as_ref().ok())
+        .flat_map(|h| h.seats.iter().map(|s| s.id))
+        .collect();
+    let unique: std::collections::HashSet<_> = seats.iter().collect();
+    assert_eq!(unique.len(), seats.len(), "a seat was held twice");
+    for r in &results {
+        match r.as_ref().unwrap() {
+            Ok(_)
+            | Err(ActorError::Overloaded)
+            | Err(ActorError::Inventory(InventoryError::SoldOut { .. })) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(seats.len() <= (ROWS * COLS) as usize);
+    let snap = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    assert_eq!(snap.counts.held as usize, seats.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_actor_answers_overloaded_at_once() {
+    let rig = rig().await;
+    // A store that never finishes: every hold stays in flight.
+    struct Stuck(PgInventoryStore);
+    impl InventoryStore for Stuck {
+        fn load(
+            &self,
+            c: i64,
+        ) -> BoxFuture<'static, Result<(CategorySpec, Vec<LoadedOrder>), StoreError>> {
+            self.0.load(c)
+        }
+        fn apply(&self, _: Change) -> BoxFuture<'static, Result<(), StoreError>> {
+            Box::pin(futures::future::pending())
+        }
+    }
+    let stuck = Arc::new(Stuck(PgInventoryStore::new(
+        rig.pool.clone(),
+        tokio::runtime::Handle::current(),
+    )));
+    let mut settings = actor_settings();
+    settings.mailbox_capacity = 8; // below GA capacity, so the stuck calls, not sell-out, fill it
+    let capacity = settings.mailbox_capacity;
+    let supervisor = Supervisor::new(stuck, Arc::new(SystemClock), settings);
+    let mut waiting = Vec::new();
+    for n in 0..capacity as i64 {
+        let sup = supervisor.clone();
+        let ga = rig.ga;
+        waiting.push(tokio::spawn(async move {
+            sup.hold(ga, hold(n + 1, Selection::Best(1), Duration::minutes(1)))
+                .await
+        }));
+    }
+    // Wait (bounded) until every stuck call has taken its place in the budget.
+    for _ in 0..100_000 {
+        if supervisor.queue_depth(rig.ga) == capacity {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(supervisor.queue_depth(rig.ga), capacity);
+    // A queued call would hang on the stuck store forever; an answer at all means "refused".
+    let probe = supervisor
+        .hold(
+            rig.ga,
+            hold(20_000, Selection::Best(1), Duration::minutes(1)),
+        )
+        .await;
+    assert_eq!(probe, Err(ActorError::Overloaded));
+    for w in waiting {
+        w.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_category_hold_rolls_back_everything_on_refusal() {
+    let rig = rig().await;
+    let order = 77_777;
+    // GA can take 2; seated gets a price mismatch, so both must end up free.
+    let seat = rig
+        .supervisor
+        .call(rig.seated, GetSnapshot)
+        .await
+        .unwrap()
+        .seats[0]
+        .id;
+    let parts = vec![
+        (
+            rig.seated,
+            hold(
+                order,
+                Selection::Seats(vec![(seat, PRICE - 1)]),
+                Duration::minutes(15),
+            ),
+        ),
+        (
+            rig.ga,
+            hold(order, Selection::Best(2), Duration::minutes(15)),
+        ),
+    ];
+    // Sorted ascending: seated (lower id) is tried first and refuses before GA is touched.
+    let err = hold_all(&rig.supervisor, parts).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ActorError::Inventory(InventoryError::PriceMismatch { .. })
+        ),
+        "{err:?}"
+    );
+
+    // Seated (lower id, tried first) succeeds, GA refuses: the seated hold must be released.
+    let parts = vec![
+        (
+            rig.ga,
+            hold(
+                order,
+                Selection::Best(GA_CAPACITY + 1),
+                Duration::minutes(15),
+            ),
+        ),
+        (
+            rig.seated,
+            hold(
+                order,
+                Selection::Seats(vec![(seat, PRICE)]),
+                Duration::minutes(15),
+            ),
+        ),
+    ];
+    let err = hold_all(&rig.supervisor, parts).await.unwrap_err();
+    assert!(
+        matches!(err, ActorError::Inventory(InventoryError::SoldOut { .. })),
+        "{err:?}"
+    );
+    let seated = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    assert_eq!(seated.counts.held, 0, "the seated part was rolled back");
+    assert_eq!(seated.statuses[0], SeatStatus::Available);
+}
