@@ -14,8 +14,8 @@ async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
     let pool = postgres::connect(&settings.database).await.unwrap();
     assert_eq!(
         postgres::migrate(&pool).await.unwrap(),
-        1,
-        "first run applies V1"
+        2,
+        "first run applies V1 and V2"
     );
     assert_eq!(
         postgres::migrate(&pool).await.unwrap(),
