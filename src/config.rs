@@ -49,7 +49,8 @@ pub struct ActorSettings {
     pub arbiters: usize,
     /// An actor without holds that saw no request for this long is stopped (state is in Postgres).
     pub idle_passivate_secs: u64,
-    /// Seat-map snapshots are republished at most this often (deltas go out per change).
+    /// Seat-map snapshots are republished at most this often (deltas go out per change);
+    /// 0 republishes on every change.
     pub snapshot_interval_ms: u64,
     /// Delay before retrying a failed expiry write.
     pub expiry_retry_ms: u64,

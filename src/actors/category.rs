@@ -157,6 +157,9 @@ impl CategoryActor {
             ChangeKind::Return => self.totals.returns += 1,
         }
         self.dirty = true;
+        if self.settings.snapshot_interval_ms == 0 {
+            self.publish_snapshot_if_dirty();
+        }
         // No subscribers is fine: the send only fails when nobody listens.
         let _ = self.deltas.send(Arc::new(delta));
     }
@@ -171,8 +174,11 @@ impl Actor for CategoryActor {
             self.arm_timer(order, expires_at, ctx);
         }
         self.publish_snapshot_if_dirty();
-        let every = Duration::from_millis(self.settings.snapshot_interval_ms.max(1));
-        ctx.run_interval(every, |act, _| act.publish_snapshot_if_dirty());
+        // 0 = publish on every change (no coalescing timer; tests with paused time use it).
+        if self.settings.snapshot_interval_ms > 0 {
+            let every = Duration::from_millis(self.settings.snapshot_interval_ms);
+            ctx.run_interval(every, |act, _| act.publish_snapshot_if_dirty());
+        }
     }
 }
 

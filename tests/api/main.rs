@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod actor_timers;
 mod actors;
 mod ops;
 mod schema;
