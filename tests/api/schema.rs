@@ -1,11 +1,10 @@
 //! Migrations and the database's own guarantees (the last line of defence behind the actors).
 
-use crate::helpers::{TestDb, test_settings};
+use crate::helpers::{TestDb, create_program, test_settings};
 use boxoffice::domain::gene;
-use boxoffice::store::catalog::{self, Layout, NewProgram, NewTicketCategory};
+use boxoffice::store::catalog::Layout;
 use boxoffice::store::users::{self, EnsureUser, NewTicketBuyer};
 use boxoffice::store::{PgPool, postgres};
-use chrono::Utc;
 
 #[tokio::test]
 async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
@@ -47,32 +46,19 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let (db, pool, settings) = TestDb::migrated().await;
-    let area = catalog::ensure_area(&pool, "Test City").await.unwrap();
-    let genre = catalog::ensure_program_category(&pool, None, "Concert")
-        .await
-        .unwrap();
-    let program = NewProgram {
-        slug: "schema-test".into(),
-        title: "Schema Test".into(),
-        area_id: area,
-        category_id: genre,
-        venue: "Hall".into(),
-        description: String::new(),
-        choose_seats: true,
-        per_order_limit: 4,
-        per_account_limit: 4,
-        on_sale_at: Utc::now(),
-        show_times: vec![Utc::now()],
-        categories: vec![NewTicketCategory {
-            name: "A".into(),
-            price_cents: 100,
-            layout: Layout::Seated {
+    let (program_id, _) = create_program(
+        &pool,
+        "schema-test",
+        &[(
+            "A",
+            100,
+            Layout::Seated {
                 rows: 2,
                 seats_per_row: 2,
             },
-        }],
-    };
-    let program_id = catalog::create_program(&pool, &program).await.unwrap();
+        )],
+    )
+    .await;
     let user_id = users::ensure_user(
         &pool,
         EnsureUser {
