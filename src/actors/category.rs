@@ -5,13 +5,16 @@
 //! (`ResponseActFuture` runs beside the mailbox, not in front of it). Only a confirmed write makes
 //! a change visible: then the delta is broadcast, the snapshot marked dirty and timers adjusted.
 
+use super::deadlines::Deadlines;
 use super::messages::*;
 use crate::clock::Clock;
 use crate::config::ActorSettings;
-use crate::domain::inventory::{Change, ChangeKind, Delta, Inventory, OrderNo, SeatInfo};
+use crate::domain::inventory::{
+    Change, ChangeKind, Delta, Inventory, InventoryError, OrderNo, SeatInfo,
+};
 use crate::store::inventory::InventoryStore;
 use actix::prelude::*;
-use std::collections::HashMap;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -24,7 +27,9 @@ pub struct CategoryActor {
     store: Arc<dyn InventoryStore>,
     clock: Arc<dyn Clock>,
     settings: ActorSettings,
-    timers: HashMap<OrderNo, SpawnHandle>,
+    deadlines: Deadlines,
+    /// The single timer, armed for this deadline (see [`Deadlines`] for why only one).
+    wakeup: Option<(DateTime<Utc>, SpawnHandle)>,
     snapshot: watch::Sender<Arc<CategorySnapshot>>,
     deltas: broadcast::Sender<Arc<Delta>>,
     dirty: bool,
@@ -55,7 +60,8 @@ impl CategoryActor {
             store,
             clock,
             settings,
-            timers: HashMap::new(),
+            deadlines: Deadlines::default(),
+            wakeup: None,
             snapshot: channels.snapshot,
             deltas: channels.deltas,
             dirty: true,
@@ -82,42 +88,63 @@ impl CategoryActor {
         }
     }
 
-    fn arm_timer(
-        &mut self,
-        order: OrderNo,
-        expires_at: chrono::DateTime<chrono::Utc>,
-        ctx: &mut Context<Self>,
-    ) {
-        let wait = (expires_at - self.clock.now())
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        let handle = ctx.run_later(wait, move |act, ctx| act.expire(order, ctx));
-        if let Some(old) = self.timers.insert(order, handle) {
-            ctx.cancel_future(old);
-        }
+    fn arm_timer(&mut self, order: OrderNo, expires_at: DateTime<Utc>, ctx: &mut Context<Self>) {
+        self.deadlines.insert(order, expires_at);
+        self.schedule_wakeup(ctx);
     }
 
-    fn cancel_timer(&mut self, order: OrderNo, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.timers.remove(&order) {
+    /// A cancelled deadline may leave the wakeup armed early; it then finds nothing due.
+    fn cancel_timer(&mut self, order: OrderNo) {
+        self.deadlines.remove(order);
+    }
+
+    /// Makes sure the one timer fires no later than the earliest deadline.
+    fn schedule_wakeup(&mut self, ctx: &mut Context<Self>) {
+        let Some(next) = self.deadlines.next() else {
+            return;
+        };
+        if let Some((armed_for, handle)) = self.wakeup.take() {
+            if armed_for <= next {
+                self.wakeup = Some((armed_for, handle));
+                return;
+            }
             ctx.cancel_future(handle);
         }
+        let wait = (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+        let handle = ctx.run_later(wait, |act, ctx| {
+            act.wakeup = None;
+            act.expire_due(ctx);
+        });
+        self.wakeup = Some((next, handle));
     }
 
-    /// Timer fired: release the hold, retrying later if the write fails.
+    fn expire_due(&mut self, ctx: &mut Context<Self>) {
+        for order in self.deadlines.pop_due(self.clock.now()) {
+            self.expire(order, ctx);
+        }
+        self.schedule_wakeup(ctx);
+    }
+
+    /// Deadline passed: release the hold. If the order is mid-change (e.g. a payment being
+    /// confirmed) or the write fails, look again after `expiry_retry_ms`.
     fn expire(&mut self, order: OrderNo, ctx: &mut Context<Self>) {
-        self.timers.remove(&order);
         let change = match self.inv.begin(ChangeKind::Release, order) {
             Ok(Some(change)) => change,
+            Err(InventoryError::Busy(_)) => return self.retry_expiry(order, ctx),
             Ok(None) | Err(_) => return,
         };
-        let retry = Duration::from_millis(self.settings.expiry_retry_ms);
         ctx.spawn(self.persist(change).map(move |res, act, ctx| {
             if res.is_ok() {
                 act.totals.expiries += 1;
             } else {
-                ctx.run_later(retry, move |act, ctx| act.expire(order, ctx));
+                act.retry_expiry(order, ctx);
             }
         }));
+    }
+
+    fn retry_expiry(&mut self, order: OrderNo, ctx: &mut Context<Self>) {
+        let retry = chrono::Duration::milliseconds(self.settings.expiry_retry_ms as i64);
+        self.arm_timer(order, self.clock.now() + retry, ctx);
     }
 
     /// Writes `change`, then applies the outcome to memory and publishes what became visible.
@@ -148,11 +175,11 @@ impl CategoryActor {
             }
             ChangeKind::Release => {
                 self.totals.releases += 1;
-                self.cancel_timer(change.order_no, ctx);
+                self.cancel_timer(change.order_no);
             }
             ChangeKind::Confirm => {
                 self.totals.sales += 1;
-                self.cancel_timer(change.order_no, ctx);
+                self.cancel_timer(change.order_no);
             }
             ChangeKind::Return => self.totals.returns += 1,
         }
@@ -244,7 +271,7 @@ impl Handler<GetStats> for CategoryActor {
             capacity: self.inv.spec().capacity,
             counts: self.inv.counts(),
             seq: self.inv.seq(),
-            armed_timers: self.timers.len(),
+            armed_timers: self.deadlines.len(),
             totals: self.totals,
         })
     }
@@ -259,6 +286,14 @@ impl Handler<Passivate> for CategoryActor {
         }
         ctx.stop();
         true
+    }
+}
+
+impl Handler<Unload> for CategoryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Unload, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

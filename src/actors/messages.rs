@@ -142,6 +142,12 @@ pub struct CategoryStats {
 #[rtype(result = "bool")]
 pub struct Passivate;
 
+/// Stop now, whatever the actor holds: its durable state stays in the store and the next call
+/// loads it again. Used to unload a category (and by benchmarks to drop finished ones).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Unload;
+
 /// Fault injection for restart tests and drills: the actor panics.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]

@@ -6,6 +6,7 @@
 //! ascending id order and every hold taken is released if any category refuses.
 
 pub mod category;
+pub mod deadlines;
 pub mod messages;
 pub mod supervisor;
 

@@ -164,6 +164,19 @@ impl Supervisor {
             .unwrap_or(0)
     }
 
+    /// Stops the category's actor if it runs; the next call loads the category afresh. Calls in
+    /// flight at that moment may get [`ActorError::Restarted`].
+    pub async fn unload(&self, category_id: i64) {
+        let Some(slot) = self.inner.slots.get(&category_id).map(|s| s.clone()) else {
+            return;
+        };
+        if let Some(live) = slot.live.get() {
+            live.passivating.store(true, Ordering::Release);
+            let _ = live.addr.send(Unload).await;
+        }
+        self.inner.forget(category_id, &slot);
+    }
+
     /// Number of live actors.
     pub fn active(&self) -> usize {
         self.inner

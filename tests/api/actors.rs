@@ -59,6 +59,10 @@ const GA_CAPACITY: u32 = 30;
 const PRICE: i64 = 5_000;
 
 async fn rig() -> Rig {
+    rig_with(actor_settings()).await
+}
+
+async fn rig_with(settings: boxoffice::config::ActorSettings) -> Rig {
     let (db, pool, _) = TestDb::migrated().await;
     let (_, cats) = create_program(
         &pool,
@@ -86,7 +90,7 @@ async fn rig() -> Rig {
         inner: PgInventoryStore::new(pool.clone(), tokio::runtime::Handle::current()),
         fail_next: AtomicBool::new(false),
     });
-    let supervisor = Supervisor::new(store.clone(), Arc::new(SystemClock), actor_settings());
+    let supervisor = Supervisor::new(store.clone(), Arc::new(SystemClock), settings);
     Rig {
         pool,
         store,
@@ -709,4 +713,83 @@ async fn multi_category_hold_rolls_back_everything_on_refusal() {
     let seated = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
     assert_eq!(seated.counts.held, 0, "the seated part was rolled back");
     assert_eq!(seated.statuses[0], SeatStatus::Available);
+}
+
+/// Polls `condition` every 20 ms for up to 10 s; false if it never became true.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
+    let mut settings = actor_settings();
+    settings.idle_passivate_secs = 1;
+    let rig = rig_with(settings).await;
+    // Seated: a sale, no unpaid hold. GA: an unpaid hold, which must keep its actor alive.
+    rig.supervisor
+        .hold(
+            rig.seated,
+            hold(1, Selection::Best(2), Duration::minutes(15)),
+        )
+        .await
+        .unwrap();
+    let confirm = Transition {
+        kind: ChangeKind::Confirm,
+        order_no: 1,
+    };
+    assert!(
+        rig.supervisor
+            .transition(rig.seated, confirm)
+            .await
+            .unwrap()
+    );
+    rig.supervisor
+        .hold(rig.ga, hold(2, Selection::Best(3), Duration::minutes(15)))
+        .await
+        .unwrap();
+    let before = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    assert_eq!(rig.supervisor.active(), 2);
+
+    let sup = rig.supervisor.clone();
+    assert!(
+        eventually(|| sup.active() == 1).await,
+        "the idle seated actor was never passivated"
+    );
+    // The GA actor is the one still running: its stats come back without a reload.
+    let ga = rig.supervisor.call(rig.ga, GetStats).await.unwrap();
+    assert_eq!(ga.counts.held, 3);
+    assert_eq!(
+        ga.totals.holds, 1,
+        "same actor instance, not a reloaded one"
+    );
+
+    let after = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    assert_eq!(rig.supervisor.active(), 2, "reactivated on use");
+    assert_eq!(after.statuses, before.statuses);
+    assert_eq!(after.counts.sold, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloaded_actor_keeps_its_holds_in_postgres() {
+    let rig = rig().await;
+    rig.supervisor
+        .hold(
+            rig.seated,
+            hold(7, Selection::Best(4), Duration::minutes(15)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rig.supervisor.active(), 1);
+    rig.supervisor.unload(rig.seated).await;
+    assert_eq!(rig.supervisor.active(), 0);
+    let stats = rig.supervisor.call(rig.seated, GetStats).await.unwrap();
+    assert_eq!(stats.counts.held, 4);
+    assert_eq!(stats.totals.holds, 0, "a fresh actor, loaded from Postgres");
+    assert_eq!(stats.armed_timers, 1, "its hold timer re-armed");
 }
