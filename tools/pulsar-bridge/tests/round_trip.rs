@@ -107,6 +107,20 @@ async fn start_bridge(upstream: SocketAddr) -> String {
     advertised_url
 }
 
+/// A client of `url`. The broker accepts TCP a moment before it answers the Pulsar handshake
+/// (seen on a loaded machine), so the handshake is retried for up to 10 s.
+async fn connect(url: String) -> Pulsar<TokioExecutor> {
+    let mut last_error = None;
+    for _ in 0..50 {
+        match Pulsar::builder(url.clone(), TokioExecutor).build().await {
+            Ok(client) => return client,
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no Pulsar handshake with {url}: {last_error:?}");
+}
+
 async fn consumer(client: &Pulsar<TokioExecutor>, topic: &str) -> Consumer<Vec<u8>, TokioExecutor> {
     client
         .consumer()
@@ -133,7 +147,7 @@ async fn next_payload(
 async fn produce_consume_ack_nack_through_the_bridge() {
     let broker = start_broker().await;
     let url = start_bridge(broker.addr).await;
-    let client = Pulsar::builder(url, TokioExecutor).build().await.unwrap();
+    let client = connect(url).await;
     let topic = format!("persistent://public/default/bridge-rt-{}", uuid_like());
     let mut consumer = consumer(&client, &topic).await;
     let mut producer = client.producer().with_topic(&topic).build().await.unwrap();
@@ -164,10 +178,7 @@ async fn produce_consume_ack_nack_through_the_bridge() {
 #[tokio::test]
 async fn direct_connection_is_broken() {
     let broker = start_broker().await;
-    let client = Pulsar::builder(format!("pulsar://{}", broker.addr), TokioExecutor)
-        .build()
-        .await
-        .unwrap();
+    let client = connect(format!("pulsar://{}", broker.addr)).await;
     let topic = format!("persistent://public/default/bridge-direct-{}", uuid_like());
     let mut consumer = consumer(&client, &topic).await;
     let mut producer = client.producer().with_topic(&topic).build().await.unwrap();
