@@ -16,6 +16,7 @@
 //! - [`actors`] — the single writers of seat state.
 //! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar.
 //! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
+//! - [`bench`] — `boxoffice bench …`: side-by-side benchmarks with JSON summaries.
 //! - [`seed`] — demo data; [`crypto`] — password and id-number protection;
 //!   [`telemetry`] — logs and metrics.
 //!
@@ -23,6 +24,7 @@
 //! settings; `main.rs` only parses the command line and calls it.
 
 pub mod actors;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod crypto;

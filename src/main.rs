@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use boxoffice::config::Settings;
-use boxoffice::{seed, store, telemetry};
+use boxoffice::{bench, seed, store, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -45,6 +45,36 @@ enum Command {
         #[arg(long, default_value = "Administrator")]
         display_name: String,
     },
+    /// Run a benchmark against the configured Redis and Postgres; prints a table and writes a
+    /// JSON summary.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Hold 2 random seats of one large category: actor vs Redis-Lua vs Postgres (atomic
+    /// UPDATE, SELECT FOR UPDATE), alternating rounds, at each concurrency.
+    SeatHold {
+        /// Seats in the category.
+        #[arg(long, default_value_t = 100_000)]
+        seats: u32,
+        /// Rounds per design and concurrency.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per measured round.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Concurrent clients, comma-separated; targets are judged at the highest.
+        #[arg(long, value_delimiter = ',', default_value = "4,64")]
+        concurrency: Vec<usize>,
+        /// Seed of the seat permutation.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "bench-results/seat-hold.json")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +83,9 @@ fn main() -> anyhow::Result<()> {
     telemetry::init_logging(&settings.log);
     match cli.command {
         Command::Serve => serve(settings),
+        Command::Bench(which) => {
+            tokio::runtime::Runtime::new()?.block_on(run_bench(which, settings))
+        }
         other => tokio::runtime::Runtime::new()?.block_on(run_admin_command(other, settings)),
     }
 }
@@ -110,7 +143,45 @@ async fn run_admin_command(command: Command, settings: Settings) -> anyhow::Resu
             .await?;
             println!("admin {email} has user id {id}");
         }
-        Command::Serve => unreachable!("serve is handled in main"),
+        Command::Serve | Command::Bench(_) => unreachable!("handled in main"),
     }
     Ok(())
+}
+
+async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()> {
+    match which {
+        BenchCommand::SeatHold {
+            seats,
+            rounds,
+            secs,
+            concurrency,
+            seed,
+            out,
+        } => {
+            let opts = bench::seat_hold::Options {
+                seats,
+                rounds,
+                round: std::time::Duration::from_secs_f64(secs),
+                concurrency,
+                seed,
+            };
+            let report = bench::seat_hold::run(&settings, &opts).await?;
+            let json = serde_json::to_string_pretty(&report)?;
+            write_result(&out, &json)?;
+            println!("{json}\n{}", bench::seat_hold::render(&report));
+            println!("summary written to {}", out.display());
+            anyhow::ensure!(
+                report.valid,
+                "a run broke an invariant; the results are invalid"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_result(path: &std::path::Path, json: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, json).with_context(|| format!("write {}", path.display()))
 }

@@ -23,6 +23,15 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> 
 
 /// Builds the pool without connecting (connections open lazily).
 pub fn build_pool(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    pool_from_config(
+        pg_config(settings)?,
+        settings.pool_size,
+        settings.connect_timeout(),
+    )
+}
+
+/// The parsed `database.url` with our timeout and application name applied.
+pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, StoreError> {
     let mut pg_config: tokio_postgres::Config = settings
         .url
         .expose_secret()
@@ -30,6 +39,16 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
         .map_err(|e| StoreError::Postgres(format!("bad database.url: {e}")))?;
     pg_config.connect_timeout(settings.connect_timeout());
     pg_config.application_name("boxoffice");
+    Ok(pg_config)
+}
+
+/// A pool of at most `size` connections to `pg_config`; waiting longer than `timeout` for one
+/// fails the caller.
+pub fn pool_from_config(
+    pg_config: tokio_postgres::Config,
+    size: usize,
+    timeout: Duration,
+) -> Result<PgPool, StoreError> {
     let manager = Manager::from_config(
         pg_config,
         NoTls,
@@ -39,11 +58,11 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
         },
     );
     Pool::builder(manager)
-        .max_size(settings.pool_size)
+        .max_size(size)
         .runtime(Runtime::Tokio1)
         // Waiting longer than this for a free connection means overload: fail and say so.
-        .wait_timeout(Some(settings.connect_timeout()))
-        .create_timeout(Some(settings.connect_timeout()))
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
         .build()
         .map_err(|e| StoreError::Postgres(e.to_string()))
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod actor_timers;
 mod actors;
+mod bench;
 mod ops;
 mod schema;
 mod seed;

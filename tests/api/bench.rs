@@ -1,0 +1,50 @@
+//! `boxoffice bench seat-hold` in miniature: every design runs against the real stores, the
+//! invariant checks pass, and the summary has the shape the README documents.
+
+use crate::helpers::{TestDb, test_settings};
+use boxoffice::bench::seat_hold::{Options, render, run};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seat_hold_bench_runs_every_design_and_checks_invariants() {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.name);
+    let opts = Options {
+        seats: 800,
+        rounds: 1,
+        round: Duration::from_millis(300),
+        concurrency: vec![2, 8],
+        seed: 11,
+    };
+    let report = run(&settings, &opts).await.expect("bench runs");
+
+    assert!(report.valid, "{}", render(&report));
+    let designs = ["actor", "redis_lua", "pg_atomic", "pg_for_update"];
+    for design in designs {
+        for conc in [2, 8] {
+            let r = report
+                .runs
+                .iter()
+                .find(|r| r.design == design && r.concurrency == conc)
+                .unwrap_or_else(|| panic!("no run for {design} at {conc}"));
+            assert!(r.ops > 0 && r.held > 0, "{design}@{conc} did nothing");
+            assert!(
+                r.refused > 0,
+                "{design}@{conc}: repeated pairs must be refused"
+            );
+            assert_eq!(r.errors, 0, "{design}@{conc}");
+            assert!(r.p50_us <= r.p99_us);
+        }
+    }
+    for key in [
+        "actor_vs_redis_lua",
+        "actor_vs_pg_atomic",
+        "actor_vs_pg_for_update",
+    ] {
+        // CPU ticks are 10 ms, too coarse for a run this short to give a CPU ratio every time.
+        assert!(report.ratios.contains_key(key), "ratio {key} missing");
+        assert!(report.ratios_ops_per_sec[key] > 0.0, "ratio {key} is 0");
+    }
+    assert_eq!(report.flatness.len(), designs.len());
+    assert_eq!(report.targets.len(), 4);
+}
