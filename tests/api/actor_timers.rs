@@ -7,7 +7,7 @@
 use crate::helpers::{TestDb, actor_settings, create_program};
 use actix::prelude::*;
 use boxoffice::actors::category::Channels;
-use boxoffice::actors::{CategoryActor, Crash, GetSnapshot, Hold, Selection};
+use boxoffice::actors::{CategoryActor, Crash, GetSnapshot, GetStats, Hold, Selection};
 use boxoffice::clock::{Clock, TokioClock};
 use boxoffice::domain::inventory::{Counts, Inventory};
 use boxoffice::store::catalog::Layout;
@@ -141,6 +141,14 @@ async fn a_hold_expires_exactly_at_its_time() {
         counts_now(&actor).await.held,
         3,
         "still held 1 ms before the deadline"
+    );
+    // Polling lets paused time auto-advance to the next timer, so the clock may have reached
+    // the deadline by now; what must never happen is a release begun before it.
+    let stats = actor.send(GetStats).await.unwrap();
+    assert!(
+        stats.armed_timers == 1 || rig.clock.now() >= expires_at,
+        "release begun at {} before the deadline {expires_at}",
+        rig.clock.now()
     );
 
     tokio::time::advance(Duration::from_millis(1)).await;
