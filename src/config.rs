@@ -36,6 +36,84 @@ pub struct Settings {
     pub log: LogSettings,
     /// Category actors.
     pub actors: ActorSettings,
+    /// Registration, sessions and ticket buyers.
+    pub accounts: AccountSettings,
+    /// Catalog read cache (in-process → Redis → Postgres).
+    pub cache: CacheSettings,
+    /// Token buckets per route group.
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Registration, login and ticket-buyer rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    /// Session token lifetime.
+    pub token_ttl_secs: u64,
+    /// Wrong passwords for one login within a minute before further attempts get 429.
+    pub login_failures_per_minute: u32,
+    /// Registrations per second (all nodes, counted in Redis) above which a captcha is required.
+    pub surge_registrations_per_sec: u32,
+    /// How long the captcha requirement stays on after the last surge second.
+    pub surge_hold_secs: u64,
+    /// How long a captcha challenge can be answered.
+    pub captcha_ttl_secs: u64,
+    /// Bits of the Redis Bloom filter of taken mobiles/emails (about 10 per expected entry).
+    pub bloom_bits: u64,
+    /// Hash functions of the Bloom filter.
+    pub bloom_hashes: u32,
+    /// Ticket buyers one account may keep.
+    pub max_ticket_buyers: u32,
+}
+
+/// The catalog's read cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Off = every read goes to Postgres (benchmarks compare both).
+    pub enabled: bool,
+    /// Entries kept in process (bounded memory).
+    pub local_capacity: u64,
+    /// In-process entry lifetime; invalidation usually removes entries much earlier.
+    pub local_ttl_secs: u64,
+    /// Redis entry lifetime.
+    pub redis_ttl_secs: u64,
+}
+
+/// Rate limiting: one token bucket per client IP and one per user, per route group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Off = no limits (benchmarks).
+    pub enabled: bool,
+    /// Sign-up, login and captcha.
+    pub auth: GroupLimits,
+    /// Catalog reads.
+    pub catalog: GroupLimits,
+    /// The caller's own account and ticket buyers.
+    pub account: GroupLimits,
+    /// Admin endpoints.
+    pub admin: GroupLimits,
+}
+
+/// The two buckets of a route group.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupLimits {
+    /// Per client IP address.
+    pub per_ip: BucketSettings,
+    /// Per signed-in user (requests with a valid token).
+    pub per_user: BucketSettings,
+}
+
+/// One token bucket: `burst` tokens, refilled at `per_sec`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSettings {
+    /// Bucket size: requests allowed at once.
+    pub burst: u32,
+    /// Sustained requests per second.
+    pub per_sec: f64,
 }
 
 /// Limits and timings of the category actors.

@@ -24,6 +24,7 @@
 //! settings; `main.rs` only parses the command line and calls it.
 
 pub mod actors;
+pub mod auth;
 pub mod bench;
 pub mod clock;
 pub mod config;
@@ -36,7 +37,6 @@ pub mod telemetry;
 
 use config::Settings;
 use std::future::Future;
-use std::sync::Arc;
 use store::Stores;
 
 /// Connects the stores (failing clearly when one is unreachable), applies migrations, and serves
@@ -49,15 +49,21 @@ pub async fn serve(
     let stores = Stores::connect(&settings).await?;
     let applied = store::postgres::migrate(&stores.pg).await?;
     tracing::info!(applied, "migrations up to date");
-    let state = http::AppState {
-        settings: Arc::new(settings),
-        stores,
-        metrics: telemetry::metrics_handle(),
-    };
+    let state = http::AppState::new(settings, stores, telemetry::metrics_handle())?;
+    tokio::spawn(fill_bloom(state.clone()));
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
     http::serve(listener, state, shutdown).await?;
     tracing::info!("boxoffice stopped");
     Ok(())
+}
+
+/// Loads every registered handle into the shared Bloom filter. Runs beside serving: until it is
+/// done the filter may answer "not taken" wrongly, and Postgres's unique keys still refuse.
+async fn fill_bloom(state: http::AppState) {
+    match state.bloom.fill_from(&state.stores.pg).await {
+        Ok(n) => tracing::info!(handles = n, "registration bloom filter filled"),
+        Err(e) => tracing::warn!(error = %e, "registration bloom filter not filled"),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signals that ask a server to stop gracefully.

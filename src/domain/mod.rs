@@ -1,5 +1,6 @@
 //! Plain types and pure rules: no I/O, unit-tested.
 
+pub mod identity;
 pub mod inventory;
 pub mod seating;
 

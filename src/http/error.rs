@@ -67,6 +67,30 @@ impl ApiError {
         )
     }
 
+    /// 422 naming the offending field.
+    pub fn validation(field: &str, reason: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION",
+            format!("{field}: {reason}"),
+        )
+        .with_details(serde_json::json!({ "field": field }))
+    }
+
+    /// 401: no token, a bad one, or a revoked one.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+    }
+
+    /// 403: signed in, but the role does not allow this.
+    pub fn forbidden() -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "your role does not allow this",
+        )
+    }
+
     /// 503 with `Retry-After`: a dependency is down or we are overloaded.
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
@@ -145,4 +169,10 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
         .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
     ApiError::internal(format!("handler panicked: {detail}")).into_response()
+}
+
+impl From<crate::domain::identity::Invalid> for ApiError {
+    fn from(e: crate::domain::identity::Invalid) -> Self {
+        ApiError::validation(e.field, e.reason)
+    }
 }

@@ -1,11 +1,23 @@
 //! The HTTP surface (axum): one `router()` per resource module, assembled here with the layers
 //! every request passes — request id, tracing span, panic → opaque 500, metrics.
 
+pub mod accounts;
 pub mod error;
+pub mod extractor;
+pub mod limits;
 pub mod ops;
+pub mod ticket_buyers;
 
+use crate::actors::Supervisor;
+use crate::auth::TokenKeys;
+use crate::clock::SystemClock;
 use crate::config::Settings;
+use crate::crypto::IdNumberCipher;
 use crate::store::Stores;
+use crate::store::bloom::HandleBloom;
+use crate::store::inventory::PgInventoryStore;
+use crate::store::rate_limit::RateLimiter;
+use crate::store::sessions::SessionGuard;
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderName;
@@ -30,6 +42,46 @@ pub struct AppState {
     pub stores: Stores,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The category actors.
+    pub supervisor: Supervisor,
+    /// Signs and checks session tokens.
+    pub tokens: TokenKeys,
+    /// Revocations, login throttling, surge captcha (Redis).
+    pub sessions: SessionGuard,
+    /// "Is this mobile/email taken?" pre-check (Redis).
+    pub bloom: HandleBloom,
+    /// Token buckets (Redis).
+    pub limiter: RateLimiter,
+    /// Encrypts ticket buyers' id numbers.
+    pub cipher: IdNumberCipher,
+}
+
+impl AppState {
+    /// Everything handlers need, built over connected stores. Must run inside a tokio runtime
+    /// (the supervisor starts its sweeper there).
+    pub fn new(
+        settings: Settings,
+        stores: Stores,
+        metrics: PrometheusHandle,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let inventory = PgInventoryStore::new(stores.pg.clone(), tokio::runtime::Handle::current());
+        let a = &settings.accounts;
+        Ok(AppState {
+            supervisor: Supervisor::new(
+                Arc::new(inventory),
+                Arc::new(SystemClock),
+                settings.actors.clone(),
+            ),
+            tokens: TokenKeys::new(&settings.secrets.jwt_key, a.token_ttl_secs),
+            sessions: SessionGuard::new(stores.redis.clone()),
+            bloom: HandleBloom::new(stores.redis.clone(), a.bloom_bits, a.bloom_hashes),
+            limiter: RateLimiter::new(stores.redis.clone()),
+            cipher: IdNumberCipher::new(settings.secrets.id_number_key_bytes()?),
+            settings: Arc::new(settings),
+            stores,
+            metrics,
+        })
+    }
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -70,6 +122,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(record_metrics));
     Router::new()
         .merge(ops::router())
+        .merge(accounts::router(&state))
+        .merge(ticket_buyers::router(&state))
         .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
         .fallback(error::fallback)
         .layer(layers)
@@ -100,7 +154,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

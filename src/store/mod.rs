@@ -4,11 +4,15 @@
 //! [`Stores::connect`] opens all three and fails with a message naming the store that did not
 //! answer, so a misconfigured deployment stops at startup instead of serving errors.
 
+pub mod bloom;
 pub mod catalog;
 pub mod inventory;
 pub mod postgres;
 pub mod pulsar;
+pub mod rate_limit;
 pub mod redis;
+pub mod sessions;
+pub mod ticket_buyers;
 pub mod users;
 
 use crate::config::Settings;

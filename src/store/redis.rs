@@ -4,7 +4,10 @@
 
 use super::StoreError;
 use crate::config::RedisSettings;
+use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::{FromValue, Value};
 use secrecy::ExposeSecret;
 use std::time::Duration;
 
@@ -44,6 +47,32 @@ impl RedisStore {
         &self.client
     }
 
+    /// Runs a Lua script (loading it again if Redis forgot it, e.g. after a restart).
+    pub async fn script<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<R, StoreError> {
+        script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// A dedicated connection for SUBSCRIBE that re-subscribes by itself after reconnecting.
+    pub async fn subscriber(settings: &RedisSettings) -> Result<SubscriberClient, StoreError> {
+        let config = Config::from_url(settings.url.expose_secret())
+            .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
+        let client = Builder::from_config(config)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build_subscriber_client()
+            .map_err(redis_error)?;
+        client.init().await.map_err(redis_error)?;
+        client.manage_subscriptions();
+        Ok(client)
+    }
+
     /// One PING within the timeout; readiness uses it.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let ping = self.client.ping::<String>(None);
@@ -72,4 +101,9 @@ fn build_client(settings: &RedisSettings) -> Result<Client, StoreError> {
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()
         .map_err(|e| StoreError::Redis(e.to_string()))
+}
+
+/// Any fred error as a store error (callers map it to 503).
+pub fn redis_error(e: fred::error::Error) -> StoreError {
+    StoreError::Redis(e.to_string())
 }

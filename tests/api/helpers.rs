@@ -107,7 +107,7 @@ pub struct TestApp {
     pub settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    _db: TestDb,
+    _db: Option<TestDb>,
 }
 
 impl TestApp {
@@ -118,6 +118,83 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// `GET` with a bearer token.
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `POST` a JSON body, with a bearer token when given.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}{path}", self.address)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// `DELETE` with a bearer token.
+    pub async fn delete_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Registers `email` with `password`; returns the user id.
+    pub async fn register(&self, email: &str, password: &str) -> i64 {
+        let body = serde_json::json!({ "email": email, "password": password });
+        let r = self.post("/api/v1/users", None, &body).await;
+        assert_eq!(
+            r.status(),
+            201,
+            "register {email}: {}",
+            r.text().await.unwrap()
+        );
+        r.json::<serde_json::Value>().await.unwrap()["user_id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Logs in; returns the token.
+    pub async fn login(&self, login: &str, password: &str) -> String {
+        let body = serde_json::json!({ "login": login, "password": password });
+        let r = self.post("/api/v1/sessions", None, &body).await;
+        assert_eq!(
+            r.status(),
+            201,
+            "login {login}: {}",
+            r.text().await.unwrap()
+        );
+        r.json::<serde_json::Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A new buyer account, signed in: (user id, token).
+    pub async fn signed_in_buyer(&self) -> (i64, String) {
+        let email = format!("{}@example.com", unique_suffix());
+        let id = self.register(&email, "correct horse battery").await;
+        (id, self.login(&email, "correct horse battery").await)
+    }
+
+    /// Another server on the same database, Redis prefix and topics: a second node.
+    pub async fn spawn_sibling(&self) -> TestApp {
+        start(self.settings.clone(), None).await
     }
 }
 
@@ -142,6 +219,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::create().await;
     let mut settings = test_settings(&db.name);
     customize(&mut settings);
+    start(settings, Some(db)).await
+}
+
+async fn start(settings: Settings, db: Option<TestDb>) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();

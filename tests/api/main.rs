@@ -3,9 +3,12 @@
 
 mod helpers;
 
+mod accounts;
 mod actor_timers;
 mod actors;
 mod bench;
+mod limits;
 mod ops;
 mod schema;
 mod seed;
+mod ticket_buyers;

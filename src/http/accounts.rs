@@ -1,0 +1,267 @@
+//! Accounts (API.md, "Accounts"): registration with a surge captcha and a Bloom-filter
+//! pre-check, sessions (JWT + Redis revocation, wrong-password throttling) and the caller's
+//! profile. Every response that carries a mobile or email masks it.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extractor::{ApiJson, AuthUser};
+use super::limits;
+use crate::crypto;
+use crate::domain::identity::{self, mask_email, mask_mobile};
+use crate::store::bloom::Handle;
+use crate::store::users::{self, NewAccount, RegisterError};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router, middleware};
+use chrono::Utc;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::LazyLock;
+
+/// Routes of this module, with the `auth` and `account` rate limits.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let auth = Router::new()
+        .route("/api/v1/users", post(register))
+        .route("/api/v1/sessions", post(login))
+        .route("/api/v1/captcha", post(new_challenge))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::auth));
+    let account = Router::new()
+        .route("/api/v1/sessions/current", delete(logout))
+        .route("/api/v1/me", get(me))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::account,
+        ));
+    auth.merge(account)
+}
+
+/// `POST /api/v1/users` body.
+#[derive(Debug, Deserialize)]
+pub struct Register {
+    mobile: Option<String>,
+    email: Option<String>,
+    password: String,
+    display_name: Option<String>,
+    captcha: Option<CaptchaAnswer>,
+}
+
+/// A solved challenge from `POST /api/v1/captcha`.
+#[derive(Debug, Deserialize)]
+pub struct CaptchaAnswer {
+    challenge_id: String,
+    answer: String,
+}
+
+async fn register(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<Register>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let a = &st.settings.accounts;
+    if st
+        .sessions
+        .note_registration(a.surge_registrations_per_sec, a.surge_hold_secs)
+        .await?
+    {
+        require_captcha(&st, body.captcha.as_ref()).await?;
+    }
+    let mobile = body
+        .mobile
+        .as_deref()
+        .map(identity::normalize_mobile)
+        .transpose()?;
+    let email = body
+        .email
+        .as_deref()
+        .map(identity::normalize_email)
+        .transpose()?;
+    if mobile.is_none() && email.is_none() {
+        return Err(ApiError::validation(
+            "mobile",
+            "give a mobile number or an email",
+        ));
+    }
+    identity::check_password(&body.password)?;
+    let handles: Vec<Handle> = [
+        mobile.as_deref().map(Handle::Mobile),
+        email.as_deref().map(Handle::Email),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for handle in &handles {
+        refuse_taken(&st, *handle).await?;
+    }
+    let password = body.password.clone();
+    let password_hash = tokio::task::spawn_blocking(move || crypto::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let display_name = body.display_name.as_deref().unwrap_or("").trim();
+    let account = NewAccount {
+        mobile: mobile.as_deref(),
+        email: email.as_deref(),
+        password_hash: &password_hash,
+        display_name,
+    };
+    let user_id = users::register(&st.stores.pg, account)
+        .await
+        .map_err(|e| match e {
+            RegisterError::Taken(field) => taken(field),
+            RegisterError::Store(e) => e.into(),
+        })?;
+    if let Err(e) = st.bloom.insert(&handles).await {
+        tracing::warn!(error = %e, "bloom filter not updated; Postgres still refuses duplicates");
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "user_id": user_id }))))
+}
+
+fn taken(field: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "DUPLICATE",
+        format!("this {field} is already registered"),
+    )
+    .with_details(json!({ "field": field }))
+}
+
+/// 409 if the handle is registered. The Bloom filter answers "certainly not" without touching
+/// Postgres; "maybe" (or a Redis failure) asks Postgres, which has the final word.
+async fn refuse_taken(st: &AppState, handle: Handle<'_>) -> Result<(), ApiError> {
+    let maybe = st.bloom.may_contain(handle).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "bloom filter unavailable; asking Postgres");
+        true
+    });
+    if !maybe {
+        return Ok(());
+    }
+    let (value, is_email, field) = match handle {
+        Handle::Mobile(m) => (m, false, "mobile"),
+        Handle::Email(e) => (e, true, "email"),
+    };
+    if users::handle_taken(&st.stores.pg, value, is_email).await? {
+        return Err(taken(field));
+    }
+    Ok(())
+}
+
+async fn require_captcha(st: &AppState, captcha: Option<&CaptchaAnswer>) -> Result<(), ApiError> {
+    let Some(c) = captcha else {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "CAPTCHA_REQUIRED",
+            "registrations are surging; solve a challenge from POST /api/v1/captcha and send it as `captcha`",
+        )
+        .with_details(json!({ "challenge_url": "/api/v1/captcha" })));
+    };
+    if !st
+        .sessions
+        .solve_challenge(&c.challenge_id, &c.answer)
+        .await?
+    {
+        return Err(ApiError::validation(
+            "captcha",
+            "wrong or expired answer; get a new challenge",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/captcha`: a one-time arithmetic challenge, answerable for `captcha_ttl_secs`.
+async fn new_challenge(State(st): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (a, b) = {
+        let mut rng = rand::thread_rng();
+        (rng.gen_range(10..100), rng.gen_range(10..100))
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let ttl = st.settings.accounts.captcha_ttl_secs;
+    st.sessions
+        .store_challenge(&id, &(a + b).to_string(), ttl)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "challenge_id": id,
+            "question": format!("What is {a} + {b}?"),
+            "expires_at": Utc::now() + chrono::Duration::seconds(ttl as i64),
+        })),
+    ))
+}
+
+/// `POST /api/v1/sessions` body.
+#[derive(Debug, Deserialize)]
+pub struct Login {
+    login: String,
+    password: String,
+}
+
+/// Verifying against this when the login is unknown keeps the answer time the same either way.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| crypto::hash_password("not-a-real-password").unwrap_or_default());
+
+async fn login(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<Login>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let is_email = body.login.contains('@');
+    let login = if is_email {
+        identity::normalize_email(&body.login)
+    } else {
+        identity::normalize_mobile(&body.login)
+    }
+    .map_err(|_| ApiError::validation("login", "is neither a mobile number nor an email"))?;
+    let limit = st.settings.accounts.login_failures_per_minute;
+    if let Some(wait) = st.sessions.login_blocked_for(&login, limit).await? {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_ATTEMPTS",
+            "too many wrong passwords; wait a minute",
+        )
+        .retry_after(wait));
+    }
+    let record = users::find_login(&st.stores.pg, &login, is_email).await?;
+    let hash = record
+        .as_ref()
+        .map_or(DUMMY_HASH.clone(), |r| r.password_hash.clone());
+    let password = body.password;
+    let matches = tokio::task::spawn_blocking(move || crypto::verify_password(&password, &hash))
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(record) = record.filter(|r| matches && r.active) else {
+        st.sessions.note_login_failure(&login).await?;
+        return Err(ApiError::unauthenticated("wrong login or password"));
+    };
+    st.sessions.clear_login_failures(&login).await?;
+    let (token, claims) = st
+        .tokens
+        .issue(record.user_id, record.roles, Utc::now())
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "token": token, "user_id": record.user_id, "expires_at": claims.expires_at() }),
+        ),
+    ))
+}
+
+/// `DELETE /api/v1/sessions/current`: the token stops working on every node.
+async fn logout(State(st): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+    let ttl = user.0.exp - Utc::now().timestamp();
+    st.sessions.revoke(&user.0.jti, ttl).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/me`.
+async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+    let p = users::profile(&st.stores.pg, user.id())
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("the account no longer exists"))?;
+    Ok(Json(json!({
+        "user_id": p.user_id,
+        "mobile_masked": p.mobile.as_deref().map(mask_mobile),
+        "email_masked": p.email.as_deref().map(mask_email),
+        "display_name": p.display_name,
+        "roles": p.roles,
+    })))
+}

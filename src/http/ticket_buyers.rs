@@ -1,0 +1,101 @@
+//! The caller's ticket buyers (real-name holders). Names and id numbers are masked in every
+//! response; another user's ticket buyer is 404, as if it did not exist.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extractor::{ApiJson, AuthUser};
+use super::limits;
+use crate::domain::identity::{self, mask_id_number, mask_name};
+use crate::store::ticket_buyers::{self, AddError, TicketBuyer};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Routes of this module, with the `account` rate limit.
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/me/ticket-buyers", get(list).post(create))
+        .route("/api/v1/me/ticket-buyers/{id}", delete(remove))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::account,
+        ))
+}
+
+/// `POST /api/v1/me/ticket-buyers` body.
+#[derive(Debug, Deserialize)]
+pub struct NewTicketBuyer {
+    name: String,
+    id_type: String,
+    id_number: String,
+}
+
+fn masked(b: &TicketBuyer) -> Value {
+    json!({
+        "id": b.id,
+        "name_masked": mask_name(&b.name),
+        "id_type": b.id_type,
+        "id_number_masked": mask_id_number(&b.id_number),
+        "created_at": b.created_at,
+    })
+}
+
+async fn create(
+    State(st): State<AppState>,
+    user: AuthUser,
+    ApiJson(body): ApiJson<NewTicketBuyer>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = body.name.trim();
+    if !(1..=64).contains(&name.chars().count()) {
+        return Err(ApiError::validation("name", "must be 1 to 64 characters"));
+    }
+    let id_number = identity::normalize_id_number(&body.id_type, &body.id_number)?;
+    let max = st.settings.accounts.max_ticket_buyers;
+    let added = ticket_buyers::add(
+        &st.stores.pg,
+        &st.cipher,
+        user.id(),
+        name,
+        &body.id_type,
+        &id_number,
+        max,
+    )
+    .await
+    .map_err(|e| match e {
+        AddError::Limit(max) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "LIMIT_EXCEEDED",
+            format!("an account keeps at most {max} ticket buyers"),
+        )
+        .with_details(json!({ "max": max })),
+        AddError::Duplicate => ApiError::new(
+            StatusCode::CONFLICT,
+            "DUPLICATE",
+            "this person is already one of your ticket buyers",
+        ),
+        AddError::Store(e) => e.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(masked(&added))))
+}
+
+async fn list(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+    let buyers = ticket_buyers::list(&st.stores.pg, &st.cipher, user.id()).await?;
+    Ok(Json(
+        json!({ "items": buyers.iter().map(masked).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn remove(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if ticket_buyers::delete(&st.stores.pg, user.id(), id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("ticket buyer"))
+    }
+}

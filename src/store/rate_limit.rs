@@ -1,0 +1,54 @@
+//! Token buckets in Redis, so a limit holds across every node: one Lua script refills the bucket
+//! from Redis's own clock and takes a token atomically.
+
+use super::{RedisStore, StoreError};
+use crate::config::BucketSettings;
+use fred::types::Value;
+use fred::types::scripts::Script;
+use std::sync::LazyLock;
+
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "local burst = tonumber(ARGV[1])
+         local rate = tonumber(ARGV[2])
+         local t = redis.call('TIME')
+         local now = t[1] * 1000 + math.floor(t[2] / 1000)
+         local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+         local tokens = tonumber(b[1]) or burst
+         local ts = tonumber(b[2]) or now
+         tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+         local wait = 0
+         if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+         redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+         redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+         return wait",
+    )
+});
+
+/// Takes tokens from named buckets.
+#[derive(Clone)]
+pub struct RateLimiter {
+    redis: RedisStore,
+}
+
+impl RateLimiter {
+    /// Buckets live under the store's prefix.
+    pub fn new(redis: RedisStore) -> Self {
+        RateLimiter { redis }
+    }
+
+    /// Takes one token from bucket `name`; `Some(ms)` = empty, retry after that long.
+    pub async fn take(
+        &self,
+        name: &str,
+        bucket: BucketSettings,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = self.redis.key(&format!("ratelimit:{name}"));
+        let args = vec![
+            Value::from(bucket.burst.max(1) as i64),
+            Value::from(bucket.per_sec.max(0.001).to_string()),
+        ];
+        let wait_ms: i64 = self.redis.script(&TAKE, vec![key], args).await?;
+        Ok((wait_ms > 0).then_some(wait_ms as u64))
+    }
+}

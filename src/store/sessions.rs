@@ -1,0 +1,140 @@
+//! Account protections that must hold across nodes, so they live in Redis: revoked session
+//! tokens, wrong-password counters, the registration surge switch and captcha challenges.
+
+use super::{RedisStore, StoreError};
+use crate::store::redis::redis_error;
+use fred::prelude::*;
+use fred::types::Value;
+use fred::types::scripts::Script;
+use std::sync::LazyLock;
+
+/// Counts a registration in this second's bucket (all nodes) and answers whether the captcha is
+/// required: this second is over the limit, or a surge was seen within the hold time.
+static NOTE_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "local t = redis.call('TIME')
+         local bucket = KEYS[1] .. t[1]
+         local n = redis.call('INCR', bucket)
+         redis.call('EXPIRE', bucket, 2)
+         if n > tonumber(ARGV[1]) then
+           redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+           return 1
+         end
+         return redis.call('EXISTS', KEYS[2])",
+    )
+});
+
+/// Counts a wrong password within a one-minute window that starts at the first failure.
+static NOTE_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "local n = redis.call('INCR', KEYS[1])
+         if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
+         return n",
+    )
+});
+
+/// Handle on the Redis side of accounts.
+#[derive(Clone)]
+pub struct SessionGuard {
+    redis: RedisStore,
+}
+
+impl SessionGuard {
+    /// Keys live under the store's prefix.
+    pub fn new(redis: RedisStore) -> Self {
+        SessionGuard { redis }
+    }
+
+    fn client(&self) -> &Client {
+        self.redis.client()
+    }
+
+    /// Revokes token `jti` until it would have expired anyway.
+    pub async fn revoke(&self, jti: &str, ttl_secs: i64) -> Result<(), StoreError> {
+        let key = self.redis.key(&format!("sessions:revoked:{jti}"));
+        let ttl = Expiration::EX(ttl_secs.max(1));
+        self.client()
+            .set::<(), _, _>(key, 1, Some(ttl), None, false)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Whether token `jti` was revoked (checked on every authenticated request).
+    pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let key = self.redis.key(&format!("sessions:revoked:{jti}"));
+        let n: i64 = self.client().exists(key).await.map_err(redis_error)?;
+        Ok(n > 0)
+    }
+
+    /// Seconds until `login` may try again, if it has used up its wrong passwords.
+    pub async fn login_blocked_for(
+        &self,
+        login: &str,
+        limit: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = self.failure_key(login);
+        let n: Option<i64> = self.client().get(&key).await.map_err(redis_error)?;
+        if n.unwrap_or(0) < limit as i64 {
+            return Ok(None);
+        }
+        let ttl: i64 = self.client().ttl(&key).await.map_err(redis_error)?;
+        Ok(Some(ttl.max(1) as u64))
+    }
+
+    /// Records a wrong password for `login`.
+    pub async fn note_login_failure(&self, login: &str) -> Result<(), StoreError> {
+        self.redis
+            .script::<i64>(&NOTE_FAILURE, vec![self.failure_key(login)], vec![])
+            .await
+            .map(|_| ())
+    }
+
+    /// Forgets wrong passwords after a successful login.
+    pub async fn clear_login_failures(&self, login: &str) -> Result<(), StoreError> {
+        self.client()
+            .del::<(), _>(self.failure_key(login))
+            .await
+            .map_err(redis_error)
+    }
+
+    fn failure_key(&self, login: &str) -> String {
+        self.redis.key(&format!("sessions:failures:{login}"))
+    }
+
+    /// Counts one registration attempt; true if a captcha is required for it.
+    pub async fn note_registration(
+        &self,
+        per_sec: u32,
+        hold_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let keys = vec![
+            self.redis.key("accounts:registrations:"),
+            self.redis.key("accounts:surge"),
+        ];
+        let args = vec![Value::from(per_sec as i64), Value::from(hold_secs as i64)];
+        let required: i64 = self.redis.script(&NOTE_REGISTRATION, keys, args).await?;
+        Ok(required == 1)
+    }
+
+    /// Stores a challenge's answer for `ttl_secs`.
+    pub async fn store_challenge(
+        &self,
+        id: &str,
+        answer: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.redis.key(&format!("accounts:captcha:{id}"));
+        let ttl = Expiration::EX(ttl_secs.max(1) as i64);
+        self.client()
+            .set::<(), _, _>(key, answer, Some(ttl), None, false)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// True if `answer` solves challenge `id`; a challenge can be tried once.
+    pub async fn solve_challenge(&self, id: &str, answer: &str) -> Result<bool, StoreError> {
+        let key = self.redis.key(&format!("accounts:captcha:{id}"));
+        let stored: Option<String> = self.client().getdel(key).await.map_err(redis_error)?;
+        Ok(stored.is_some_and(|s| s == answer.trim()))
+    }
+}
