@@ -51,6 +51,8 @@ pub async fn serve(
     tracing::info!(applied, "migrations up to date");
     let state = http::AppState::new(settings, stores, telemetry::metrics_handle())?;
     tokio::spawn(fill_bloom(state.clone()));
+    let subscriber = store::RedisStore::subscriber(&state.settings.redis).await?;
+    state.catalog.listen(subscriber).await?;
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
     http::serve(listener, state, shutdown).await?;
     tracing::info!("boxoffice stopped");

@@ -2,6 +2,8 @@
 //! every request passes — request id, tracing span, panic → opaque 500, metrics.
 
 pub mod accounts;
+pub mod admin;
+pub mod catalog;
 pub mod error;
 pub mod extractor;
 pub mod limits;
@@ -15,6 +17,7 @@ use crate::config::Settings;
 use crate::crypto::IdNumberCipher;
 use crate::store::Stores;
 use crate::store::bloom::HandleBloom;
+use crate::store::catalog_cache::CatalogCache;
 use crate::store::inventory::PgInventoryStore;
 use crate::store::rate_limit::RateLimiter;
 use crate::store::sessions::SessionGuard;
@@ -54,6 +57,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Encrypts ticket buyers' id numbers.
     pub cipher: IdNumberCipher,
+    /// Catalog reads: in-process → Redis → Postgres.
+    pub catalog: CatalogCache,
 }
 
 impl AppState {
@@ -77,6 +82,11 @@ impl AppState {
             bloom: HandleBloom::new(stores.redis.clone(), a.bloom_bits, a.bloom_hashes),
             limiter: RateLimiter::new(stores.redis.clone()),
             cipher: IdNumberCipher::new(settings.secrets.id_number_key_bytes()?),
+            catalog: CatalogCache::new(
+                stores.pg.clone(),
+                stores.redis.clone(),
+                settings.cache.clone(),
+            ),
             settings: Arc::new(settings),
             stores,
             metrics,
@@ -124,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(accounts::router(&state))
         .merge(ticket_buyers::router(&state))
+        .merge(catalog::router(&state))
+        .merge(admin::router(&state))
         .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
         .fallback(error::fallback)
         .layer(layers)

@@ -116,6 +116,22 @@ pub async fn ensure_program_category(
 pub async fn create_program(pool: &PgPool, program: &NewProgram) -> Result<i64, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let id = match create_program_in(&tx, program).await? {
+        Some(id) => id,
+        None => tx
+            .query_one("SELECT id FROM programs WHERE slug = $1", &[&program.slug])
+            .await?
+            .get(0),
+    };
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Creates the program inside the caller's transaction; `None` if the slug is taken.
+pub async fn create_program_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    program: &NewProgram,
+) -> Result<Option<i64>, StoreError> {
     let inserted = tx
         .query_opt(
             "INSERT INTO programs (slug, title, area_id, category_id, venue, description, choose_seats,
@@ -137,10 +153,7 @@ pub async fn create_program(pool: &PgPool, program: &NewProgram) -> Result<i64, 
         )
         .await?;
     let Some(row) = inserted else {
-        let row = tx
-            .query_one("SELECT id FROM programs WHERE slug = $1", &[&program.slug])
-            .await?;
-        return Ok(row.get(0));
+        return Ok(None);
     };
     let program_id: i64 = row.get(0);
     for starts_at in &program.show_times {
@@ -151,10 +164,9 @@ pub async fn create_program(pool: &PgPool, program: &NewProgram) -> Result<i64, 
         .await?;
     }
     for (sort, category) in program.categories.iter().enumerate() {
-        insert_ticket_category(&tx, program_id, sort as i32, category).await?;
+        insert_ticket_category(tx, program_id, sort as i32, category).await?;
     }
-    tx.commit().await?;
-    Ok(program_id)
+    Ok(Some(program_id))
 }
 
 async fn insert_ticket_category(
@@ -203,6 +215,71 @@ async fn insert_ticket_category(
             ],
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// Fields an admin may change on an existing program; `None` keeps the current value.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct ProgramPatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New venue.
+    pub venue: Option<String>,
+    /// New per-order limit.
+    pub per_order_limit: Option<i32>,
+    /// New per-account limit.
+    pub per_account_limit: Option<i32>,
+    /// New on-sale time.
+    pub on_sale_at: Option<DateTime<Utc>>,
+}
+
+/// Why a program edit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    /// No such program.
+    #[error("program not found")]
+    NotFound,
+    /// The limits would break `per_account_limit >= per_order_limit > 0`.
+    #[error("per_account_limit must be at least per_order_limit, and both positive")]
+    Limits,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Applies `patch` to program `id` inside the caller's transaction.
+pub async fn update_program_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: i64,
+    patch: &ProgramPatch,
+) -> Result<(), PatchError> {
+    let n = tx
+        .execute(
+            "UPDATE programs SET title = coalesce($2, title), description = coalesce($3, description),
+                    venue = coalesce($4, venue), per_order_limit = coalesce($5, per_order_limit),
+                    per_account_limit = coalesce($6, per_account_limit),
+                    on_sale_at = coalesce($7, on_sale_at), updated_at = now()
+             WHERE id = $1",
+            &[
+                &id,
+                &patch.title,
+                &patch.description,
+                &patch.venue,
+                &patch.per_order_limit,
+                &patch.per_account_limit,
+                &patch.on_sale_at,
+            ],
+        )
+        .await
+        .map_err(|e| match e.code() {
+            Some(c) if *c == tokio_postgres::error::SqlState::CHECK_VIOLATION => PatchError::Limits,
+            _ => PatchError::Store(e.into()),
+        })?;
+    if n == 0 {
+        return Err(PatchError::NotFound);
     }
     Ok(())
 }

@@ -4,8 +4,11 @@
 //! [`Stores::connect`] opens all three and fails with a message naming the store that did not
 //! answer, so a misconfigured deployment stops at startup instead of serving errors.
 
+pub mod audit;
 pub mod bloom;
 pub mod catalog;
+pub mod catalog_cache;
+pub mod catalog_read;
 pub mod inventory;
 pub mod postgres;
 pub mod pulsar;

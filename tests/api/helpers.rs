@@ -265,13 +265,30 @@ async fn wait_until_healthy(
     panic!("server at {address} did not become healthy");
 }
 
+/// `host:port` of the test Postgres server.
+pub fn pg_addr() -> SocketAddr {
+    let url = pg_server_url();
+    let host_port = url
+        .rsplit('@')
+        .next()
+        .unwrap_or(&url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    host_port
+        .parse()
+        .expect("BOXOFFICE_TEST_PG names host:port as an IP address")
+}
+
 /// A TCP forwarder in front of a real service, which a test can cut to simulate the service
-/// going away (the real one is shared by all tests and must stay up).
+/// going away (the real one is shared by all tests and must stay up). It also counts the bytes
+/// clients send, so a test can prove that some requests did not talk to the service at all.
 pub struct TcpCut {
     /// Address clients should use instead of the real service.
     pub addr: SocketAddr,
     task: JoinHandle<()>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TcpCut {
@@ -281,18 +298,30 @@ impl TcpCut {
         let addr = listener.local_addr().unwrap();
         // A std mutex: held only to push or drain handles, never across an await.
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tracked = conns.clone();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tracked, counter) = (conns.clone(), sent.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let counter = counter.clone();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        pump(inbound, outbound, counter).await;
                     }
                 });
                 tracked.lock().unwrap().push(conn);
             }
         });
-        TcpCut { addr, task, conns }
+        TcpCut {
+            addr,
+            task,
+            conns,
+            sent,
+        }
+    }
+
+    /// Bytes clients have sent to the service so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops accepting and severs every forwarded connection.
@@ -304,10 +333,50 @@ impl TcpCut {
     }
 }
 
+/// Copies both ways until either side closes, counting client → service bytes.
+async fn pump(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = inbound.into_split();
+    let (mut service_rx, mut service_tx) = outbound.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = client_rx.read(&mut buf).await {
+            if n == 0 || service_tx.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let down = tokio::io::copy(&mut service_rx, &mut client_tx);
+    tokio::select! {
+        _ = up => {},
+        _ = down => {},
+    }
+}
+
 impl Drop for TcpCut {
     fn drop(&mut self) {
         self.cut();
     }
+}
+
+/// An account with the admin role, signed in: (user id, token).
+pub async fn signed_in_admin(app: &TestApp) -> (i64, String) {
+    let email = format!("admin-{}@example.com", unique_suffix());
+    let user = boxoffice::store::users::EnsureUser {
+        email: &email,
+        password: "admin password",
+        display_name: "Admin",
+        roles: &["buyer", "admin"],
+    };
+    let id = boxoffice::store::users::ensure_user(&app.pg, user)
+        .await
+        .unwrap();
+    (id, app.login(&email, "admin password").await)
 }
 
 /// Creates a program with the given tiers (name, price, layout); returns its id and category ids

@@ -7,6 +7,7 @@ mod accounts;
 mod actor_timers;
 mod actors;
 mod bench;
+mod catalog;
 mod limits;
 mod ops;
 mod schema;

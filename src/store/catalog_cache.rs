@@ -1,0 +1,179 @@
+//! The catalog's read cache, three levels deep: in-process (moka: bounded, TTL) → Redis (shared
+//! by all nodes, TTL) → Postgres. A hit at the first two levels does not touch Postgres.
+//!
+//! Admin edits call [`CatalogCache::invalidate`]: it drops the Redis entry and publishes the
+//! program id on a Redis channel; every node's [`CatalogCache::listen`] task drops its local
+//! copies. Concurrent misses for one key are coalesced (moka's `try_get_with`), so a cold popular
+//! program costs one Postgres read, not one per waiting request. Residual staleness: a node that
+//! read the old Redis value just before the invalidation may keep it until `local_ttl_secs`.
+
+use super::catalog_read::{self, ProgramDetail, ProgramPage, ProgramQuery};
+use super::redis::redis_error;
+use super::{PgPool, RedisStore, StoreError};
+use crate::config::CacheSettings;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use moka::future::Cache;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cheap to clone; clones share the caches.
+#[derive(Clone)]
+pub struct CatalogCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pg: PgPool,
+    redis: RedisStore,
+    settings: CacheSettings,
+    details: Cache<i64, Arc<ProgramDetail>>,
+    lists: Cache<ProgramQuery, Arc<ProgramPage>>,
+    channel: String,
+}
+
+impl CatalogCache {
+    /// A cache over `pg`, sharing its second level through `redis`.
+    pub fn new(pg: PgPool, redis: RedisStore, settings: CacheSettings) -> Self {
+        let ttl = Duration::from_secs(settings.local_ttl_secs.max(1));
+        // Bounded: a crawler walking every program cannot grow the process without limit.
+        let details = Cache::builder()
+            .max_capacity(settings.local_capacity)
+            .time_to_live(ttl)
+            .build();
+        let lists = Cache::builder()
+            .max_capacity(settings.local_capacity)
+            .time_to_live(ttl)
+            .build();
+        CatalogCache {
+            inner: Arc::new(Inner {
+                channel: redis.key("catalog:invalidate"),
+                pg,
+                redis,
+                settings,
+                details,
+                lists,
+            }),
+        }
+    }
+
+    /// A program's detail, `None` if it does not exist.
+    pub async fn detail(&self, id: i64) -> Result<Option<Arc<ProgramDetail>>, StoreError> {
+        let inner = &self.inner;
+        if !inner.settings.enabled {
+            return Ok(catalog_read::program_detail(&inner.pg, id)
+                .await?
+                .map(Arc::new));
+        }
+        let found = inner
+            .details
+            .try_get_with(id, async {
+                match inner.detail_from_redis_or_pg(id).await? {
+                    Some(d) => Ok(Arc::new(d)),
+                    None => Err(StoreError::NotFound(format!("program {id}"))),
+                }
+            })
+            .await;
+        match found {
+            Ok(detail) => Ok(Some(detail)),
+            Err(e) => match e.as_ref() {
+                StoreError::NotFound(_) => Ok(None),
+                other => Err(StoreError::Postgres(other.to_string())),
+            },
+        }
+    }
+
+    /// A page of the program list (cached in process; any admin edit drops every page).
+    pub async fn list(&self, query: &ProgramQuery) -> Result<Arc<ProgramPage>, StoreError> {
+        let inner = &self.inner;
+        if !inner.settings.enabled {
+            return Ok(Arc::new(
+                catalog_read::list_programs(&inner.pg, query).await?,
+            ));
+        }
+        inner
+            .lists
+            .try_get_with(query.clone(), async {
+                catalog_read::list_programs(&inner.pg, query)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .map_err(|e| StoreError::Postgres(e.to_string()))
+    }
+
+    /// Drops the program from every level on every node (call after the edit committed).
+    pub async fn invalidate(&self, program_id: i64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.drop_local(program_id).await;
+        let client = inner.redis.client();
+        client
+            .del::<(), _>(inner.redis_key(program_id))
+            .await
+            .map_err(redis_error)?;
+        client
+            .publish::<(), _, _>(&inner.channel, program_id)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Subscribes to invalidations from all nodes and applies them here until the process ends.
+    pub async fn listen(&self, subscriber: SubscriberClient) -> Result<(), StoreError> {
+        let mut messages = subscriber.message_rx();
+        subscriber
+            .subscribe(self.inner.channel.clone())
+            .await
+            .map_err(redis_error)?;
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            // Keeps the connection (and its automatic re-subscription) alive with the task.
+            let _subscriber = subscriber;
+            while let Ok(message) = messages.recv().await {
+                if let Some(id) = message.value.as_i64() {
+                    inner.drop_local(id).await;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn redis_key(&self, id: i64) -> String {
+        self.redis.key(&format!("catalog:program:{id}"))
+    }
+
+    async fn drop_local(&self, program_id: i64) {
+        self.details.invalidate(&program_id).await;
+        self.lists.invalidate_all();
+    }
+
+    /// Second level, then Postgres (which refills the second level). A Redis failure falls
+    /// through to Postgres: the cache must never be why a read fails.
+    async fn detail_from_redis_or_pg(&self, id: i64) -> Result<Option<ProgramDetail>, StoreError> {
+        let key = self.redis_key(id);
+        match self.redis.client().get::<Option<String>, _>(&key).await {
+            Ok(Some(json)) => match serde_json::from_str(&json) {
+                Ok(detail) => return Ok(Some(detail)),
+                Err(e) => tracing::warn!(error = %e, key, "unreadable cache entry; reloading"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "redis cache unavailable; reading Postgres"),
+        }
+        let Some(detail) = catalog_read::program_detail(&self.pg, id).await? else {
+            return Ok(None);
+        };
+        if let Ok(json) = serde_json::to_string(&detail) {
+            let ttl = Expiration::EX(self.settings.redis_ttl_secs.max(1) as i64);
+            if let Err(e) = self
+                .redis
+                .client()
+                .set::<(), _, _>(&key, json, Some(ttl), None, false)
+                .await
+            {
+                tracing::warn!(error = %e, "redis cache not filled");
+            }
+        }
+        Ok(Some(detail))
+    }
+}

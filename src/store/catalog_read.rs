@@ -1,0 +1,274 @@
+//! Catalog reads from Postgres: the program list with filters and pages, and one program's
+//! detail. These are what the cache ([`super::catalog_cache`]) falls back to.
+
+use super::{PgPool, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Filters and page of `GET /api/v1/programs`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
+pub struct ProgramQuery {
+    /// Area name or id.
+    pub area: Option<String>,
+    /// Program category name or id; a parent category matches its children.
+    pub category: Option<String>,
+    /// Text in the title (case-insensitive).
+    pub q: Option<String>,
+    /// Some show time at or after this.
+    pub from: Option<DateTime<Utc>>,
+    /// Some show time at or before this.
+    pub to: Option<DateTime<Utc>>,
+    /// 1-based page.
+    pub page: Option<u32>,
+    /// Items per page (1..=100, default 20).
+    pub per_page: Option<u32>,
+}
+
+impl ProgramQuery {
+    /// The page, 1-based.
+    pub fn page(&self) -> u32 {
+        self.page.unwrap_or(1).max(1)
+    }
+
+    /// Items per page, clamped to 1..=100.
+    pub fn per_page(&self) -> u32 {
+        self.per_page.unwrap_or(20).clamp(1, 100)
+    }
+}
+
+/// One line of the program list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramSummary {
+    /// Program id.
+    pub id: i64,
+    /// Title.
+    pub title: String,
+    /// Area name.
+    pub area: String,
+    /// Program category name.
+    pub category: String,
+    /// Venue.
+    pub venue: String,
+    /// Earliest show time.
+    pub first_show_at: Option<DateTime<Utc>>,
+    /// Cheapest tier.
+    pub min_price_cents: Option<i64>,
+    /// Dearest tier.
+    pub max_price_cents: Option<i64>,
+    /// Tickets available when the list was read (the detail has the live figure).
+    pub remaining: i64,
+}
+
+/// A page of the program list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramPage {
+    /// The programs on this page.
+    pub items: Vec<ProgramSummary>,
+    /// Programs matching the filters.
+    pub total: i64,
+    /// This page.
+    pub page: u32,
+    /// Page size.
+    pub per_page: u32,
+}
+
+/// A price tier as the detail shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CategoryInfo {
+    /// Ticket category id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Price in minor units.
+    pub price_cents: i64,
+    /// Tickets in total.
+    pub capacity: i64,
+    /// Tickets available (overlaid live from the category's actor when served).
+    pub remaining: i64,
+    /// Seats (true) or general admission.
+    pub seated: bool,
+    /// Seat rows (seated only).
+    pub rows: Option<i32>,
+    /// Seats per row (seated only).
+    pub seats_per_row: Option<i32>,
+}
+
+/// Everything the detail page shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramDetail {
+    /// Program id.
+    pub id: i64,
+    /// Unique handle.
+    pub slug: String,
+    /// Title.
+    pub title: String,
+    /// Area name.
+    pub area: String,
+    /// Program category name.
+    pub category: String,
+    /// Venue.
+    pub venue: String,
+    /// Free text.
+    pub description: String,
+    /// Whether buyers pick seats.
+    pub choose_seats: bool,
+    /// Most tickets per order.
+    pub per_order_limit: i32,
+    /// Most tickets per account for this program.
+    pub per_account_limit: i32,
+    /// When ordering opens.
+    pub on_sale_at: DateTime<Utc>,
+    /// Show times, earliest first.
+    pub show_times: Vec<DateTime<Utc>>,
+    /// Price tiers in display order.
+    pub ticket_categories: Vec<CategoryInfo>,
+}
+
+/// Tickets available per ticket category, counted in Postgres.
+const REMAINING: &str = "CASE WHEN tc.seated
+        THEN (SELECT count(*) FROM seats s WHERE s.ticket_category_id = tc.id AND s.status = 'available')
+        ELSE tc.capacity - tc.ga_taken END";
+
+/// A page of programs matching `q`, earliest show first.
+pub async fn list_programs(pool: &PgPool, q: &ProgramQuery) -> Result<ProgramPage, StoreError> {
+    let text = q.q.as_deref().map(|t| {
+        t.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    });
+    let (page, per_page) = (q.page(), q.per_page());
+    let offset = (i64::from(page) - 1) * i64::from(per_page);
+    let sql = format!(
+        "SELECT p.id, p.title, a.name, c.name, p.venue,
+                (SELECT min(starts_at) FROM show_times st WHERE st.program_id = p.id) AS first_show,
+                (SELECT min(price_cents) FROM ticket_categories tc WHERE tc.program_id = p.id),
+                (SELECT max(price_cents) FROM ticket_categories tc WHERE tc.program_id = p.id),
+                (SELECT coalesce(sum({REMAINING}), 0)::bigint FROM ticket_categories tc WHERE tc.program_id = p.id),
+                count(*) OVER ()
+         FROM programs p
+         JOIN areas a ON a.id = p.area_id
+         JOIN program_categories c ON c.id = p.category_id
+         LEFT JOIN program_categories pc ON pc.id = c.parent_id
+         WHERE ($1::text IS NULL OR a.name = $1 OR a.id::text = $1)
+           AND ($2::text IS NULL OR $2 IN (c.name, pc.name, c.id::text, pc.id::text))
+           AND ($3::text IS NULL OR p.title ILIKE '%' || $3 || '%')
+           AND ($4::timestamptz IS NULL AND $5::timestamptz IS NULL OR EXISTS (
+                SELECT 1 FROM show_times st WHERE st.program_id = p.id
+                  AND ($4::timestamptz IS NULL OR st.starts_at >= $4)
+                  AND ($5::timestamptz IS NULL OR st.starts_at <= $5)))
+         ORDER BY first_show NULLS LAST, p.id
+         LIMIT $6 OFFSET $7"
+    );
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            &sql,
+            &[
+                &q.area,
+                &q.category,
+                &text,
+                &q.from,
+                &q.to,
+                &i64::from(per_page),
+                &offset,
+            ],
+        )
+        .await?;
+    let total = rows.first().map_or(0, |r| r.get::<_, i64>(9));
+    let items = rows
+        .iter()
+        .map(|r| ProgramSummary {
+            id: r.get(0),
+            title: r.get(1),
+            area: r.get(2),
+            category: r.get(3),
+            venue: r.get(4),
+            first_show_at: r.get(5),
+            min_price_cents: r.get(6),
+            max_price_cents: r.get(7),
+            remaining: r.get(8),
+        })
+        .collect();
+    let total = if total == 0 && offset > 0 {
+        count_programs(pool, q).await?
+    } else {
+        total
+    };
+    Ok(ProgramPage {
+        items,
+        total,
+        page,
+        per_page,
+    })
+}
+
+/// The total when the page is past the end (the window count saw no rows).
+async fn count_programs(pool: &PgPool, q: &ProgramQuery) -> Result<i64, StoreError> {
+    let first = ProgramQuery {
+        page: Some(1),
+        per_page: Some(1),
+        ..q.clone()
+    };
+    Ok(Box::pin(list_programs(pool, &first)).await?.total)
+}
+
+/// One program with show times and tiers; `None` if there is no such program.
+pub async fn program_detail(pool: &PgPool, id: i64) -> Result<Option<ProgramDetail>, StoreError> {
+    let client = pool.get().await?;
+    let Some(p) = client
+        .query_opt(
+            "SELECT p.slug, p.title, a.name, c.name, p.venue, p.description, p.choose_seats,
+                    p.per_order_limit, p.per_account_limit, p.on_sale_at
+             FROM programs p JOIN areas a ON a.id = p.area_id
+             JOIN program_categories c ON c.id = p.category_id WHERE p.id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let shows = client
+        .query(
+            "SELECT starts_at FROM show_times WHERE program_id = $1 ORDER BY starts_at",
+            &[&id],
+        )
+        .await?;
+    let tiers = client
+        .query(
+            &format!(
+                "SELECT tc.id, tc.name, tc.price_cents, tc.capacity::bigint, ({REMAINING})::bigint,
+                        tc.seated, tc.seat_rows, tc.seats_per_row
+                 FROM ticket_categories tc WHERE tc.program_id = $1 ORDER BY tc.sort_order, tc.id"
+            ),
+            &[&id],
+        )
+        .await?;
+    Ok(Some(ProgramDetail {
+        id,
+        slug: p.get(0),
+        title: p.get(1),
+        area: p.get(2),
+        category: p.get(3),
+        venue: p.get(4),
+        description: p.get(5),
+        choose_seats: p.get(6),
+        per_order_limit: p.get(7),
+        per_account_limit: p.get(8),
+        on_sale_at: p.get(9),
+        show_times: shows.iter().map(|r| r.get(0)).collect(),
+        ticket_categories: tiers
+            .iter()
+            .map(|r| CategoryInfo {
+                id: r.get(0),
+                name: r.get(1),
+                price_cents: r.get(2),
+                capacity: r.get(3),
+                remaining: r.get(4),
+                seated: r.get(5),
+                rows: r.get(6),
+                seats_per_row: r.get(7),
+            })
+            .collect(),
+    }))
+}

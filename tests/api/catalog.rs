@@ -1,0 +1,346 @@
+//! Catalog and admin program management over HTTP: creation with layout and audit, roles,
+//! validation, list filters and pages, live figures from the actors, and the read cache
+//! (invalidated on every node by an admin edit, and not touching Postgres on a hit).
+
+use crate::helpers::{TcpCut, TestApp, pg_addr, signed_in_admin, spawn_app, spawn_app_with};
+use chrono::{Duration, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+fn program(title: &str, area: &str, genre: &str, days_ahead: i64) -> Value {
+    json!({
+        "title": title, "area": area, "category": genre, "parent_category": "Concert",
+        "venue": "Arena", "per_order_limit": 4, "per_account_limit": 6,
+        "on_sale_at": Utc::now() - Duration::hours(1),
+        "show_times": [Utc::now() + Duration::days(days_ahead)],
+        "ticket_categories": [
+            {"name": "Front", "price_cents": 90_000, "rows": 3, "seats_per_row": 4},
+            {"name": "Standing", "price_cents": 30_000, "capacity": 50}
+        ]
+    })
+}
+
+async fn create(app: &TestApp, token: &str, body: &Value) -> Value {
+    let r = app.post("/api/v1/admin/programs", Some(token), body).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+async fn get_json(app: &TestApp, path: &str) -> Value {
+    let r = app.get(path).await;
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_admin_creates_a_program_with_its_layout_and_an_audit_row() {
+    let app = spawn_app().await;
+    let (admin_id, token) = signed_in_admin(&app).await;
+    let created = create(&app, &token, &program("Night Show", "Beijing", "Pop", 30)).await;
+    let id = created["id"].as_i64().unwrap();
+
+    let detail = get_json(&app, &format!("/api/v1/programs/{id}")).await;
+    assert_eq!(detail["title"], "Night Show");
+    assert_eq!(detail["per_order_limit"], 4);
+    assert_eq!(detail["per_account_limit"], 6);
+    assert_eq!(detail["show_times"].as_array().unwrap().len(), 1);
+    let tiers = detail["ticket_categories"].as_array().unwrap();
+    assert_eq!(tiers[0]["capacity"], 12);
+    assert_eq!(tiers[0]["remaining"], 12);
+    assert_eq!(tiers[1]["seated"], false);
+    assert_eq!(tiers[1]["remaining"], 50);
+
+    let client = app.pg.get().await.unwrap();
+    let seats: i64 = client
+        .query_one("SELECT count(*) FROM seats WHERE program_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seats, 12);
+    let audit = client
+        .query_one(
+            "SELECT admin_user_id, action, target FROM admin_audit_log",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit.get::<_, i64>(0), admin_id);
+    assert_eq!(audit.get::<_, &str>(1), "program.create");
+    assert_eq!(audit.get::<_, String>(2), format!("program:{id}"));
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_buyers_with_403_and_strangers_with_401() {
+    let app = spawn_app().await;
+    let (_, buyer) = app.signed_in_buyer().await;
+    let body = program("Nope", "Beijing", "Pop", 3);
+    let r = app
+        .post("/api/v1/admin/programs", Some(&buyer), &body)
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        app.post("/api/v1/admin/programs", None, &body)
+            .await
+            .status(),
+        401
+    );
+    let edit = app
+        .http
+        .patch(format!("{}/api/v1/admin/programs/1", app.address))
+        .bearer_auth(&buyer)
+        .json(&json!({"title": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edit.status(), 403);
+}
+
+#[tokio::test]
+async fn program_creation_is_validated_naming_the_field() {
+    let app = spawn_app().await;
+    let (_, token) = signed_in_admin(&app).await;
+    let mut cases = Vec::new();
+    let mut no_shows = program("A", "B", "C", 1);
+    no_shows["show_times"] = json!([]);
+    cases.push((no_shows, "show_times"));
+    let mut bad_layout = program("A", "B", "C", 1);
+    bad_layout["ticket_categories"][0]["capacity"] = json!(10);
+    cases.push((bad_layout, "ticket_categories"));
+    let mut limits = program("A", "B", "C", 1);
+    limits["per_account_limit"] = json!(2);
+    cases.push((limits, "per_account_limit"));
+    let mut huge = program("A", "B", "C", 1);
+    huge["ticket_categories"][0]["rows"] = json!(100_000);
+    cases.push((huge, "ticket_categories"));
+    let mut untitled = program("", "B", "C", 1);
+    untitled["title"] = json!(" ");
+    cases.push((untitled, "title"));
+    for (body, field) in cases {
+        let r = app
+            .post("/api/v1/admin/programs", Some(&token), &body)
+            .await;
+        assert_eq!(r.status(), 422, "{field}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["details"]["field"],
+            field
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_program_list_filters_and_pages() {
+    let app = spawn_app().await;
+    let (_, token) = signed_in_admin(&app).await;
+    let specs = [
+        ("Jazz Evening", "Shanghai", "Jazz", 10),
+        ("Rock Night", "Shanghai", "Rock", 20),
+        ("Rock Revival", "Beijing", "Rock", 30),
+        ("Pop Parade", "Beijing", "Pop", 40),
+        ("Late JAZZ", "Chengdu", "Jazz", 50),
+    ];
+    for (title, area, genre, days) in specs {
+        create(&app, &token, &program(title, area, genre, days)).await;
+    }
+    let titles = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["title"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = get_json(&app, "/api/v1/programs").await;
+    assert_eq!(all["total"], 5);
+    assert_eq!(titles(&all)[0], "Jazz Evening", "earliest show first");
+    assert_eq!(all["items"][0]["remaining"], 62);
+    assert_eq!(all["items"][0]["min_price_cents"], 30_000);
+
+    assert_eq!(
+        titles(&get_json(&app, "/api/v1/programs?area=Shanghai").await),
+        ["Jazz Evening", "Rock Night"]
+    );
+    assert_eq!(
+        titles(&get_json(&app, "/api/v1/programs?category=Rock").await),
+        ["Rock Night", "Rock Revival"]
+    );
+    assert_eq!(
+        get_json(&app, "/api/v1/programs?category=Concert").await["total"],
+        5,
+        "parent matches children"
+    );
+    assert_eq!(
+        titles(&get_json(&app, "/api/v1/programs?q=jazz").await),
+        ["Jazz Evening", "Late JAZZ"]
+    );
+    let from = (Utc::now() + Duration::days(15)).to_rfc3339();
+    let to = (Utc::now() + Duration::days(35)).to_rfc3339();
+    let window = get_json(
+        &app,
+        &format!(
+            "/api/v1/programs?from={}&to={}",
+            urlencode(&from),
+            urlencode(&to)
+        ),
+    )
+    .await;
+    assert_eq!(titles(&window), ["Rock Night", "Rock Revival"]);
+
+    let mut seen = Vec::new();
+    for page in 1..=3 {
+        let p = get_json(&app, &format!("/api/v1/programs?per_page=2&page={page}")).await;
+        assert_eq!(p["total"], 5);
+        assert_eq!(p["page"], page);
+        seen.extend(titles(&p));
+    }
+    assert_eq!(seen, titles(&all), "pages cover the list once, in order");
+    let past = get_json(&app, "/api/v1/programs?per_page=2&page=9").await;
+    assert_eq!(
+        (past["items"].as_array().unwrap().len(), &past["total"]),
+        (0, &json!(5))
+    );
+    assert_eq!(app.get("/api/v1/programs?page=x").await.status(), 422);
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[tokio::test]
+async fn detail_and_seat_map_show_the_actors_live_state() {
+    let app = spawn_app().await;
+    let (_, token) = signed_in_admin(&app).await;
+    let id = create(&app, &token, &program("Live", "Beijing", "Pop", 5)).await["id"]
+        .as_i64()
+        .unwrap();
+    // Two seats held by an order before any actor started: the actor loads them.
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE seats SET status = 'held', order_no = 77, hold_expires_at = now() + interval '1 hour'
+             WHERE program_id = $1 AND row_no = 1 AND col_no IN (2, 3)",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let detail = get_json(&app, &format!("/api/v1/programs/{id}")).await;
+    assert_eq!(detail["ticket_categories"][0]["remaining"], 10);
+
+    let map = get_json(&app, &format!("/api/v1/programs/{id}/seats")).await;
+    assert!(map["seq"].is_u64());
+    let front = &map["categories"][0];
+    assert_eq!(front["remaining"], 10);
+    let seats = front["seats"].as_array().unwrap();
+    assert_eq!(seats.len(), 12);
+    let held: Vec<(i64, i64)> = seats
+        .iter()
+        .filter(|s| s["status"] == "held")
+        .map(|s| (s["row"].as_i64().unwrap(), s["col"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(held, [(1, 2), (1, 3)]);
+    assert_eq!(
+        map["categories"][1]["seats"],
+        json!([]),
+        "general admission has no seats"
+    );
+    assert_eq!(app.get("/api/v1/programs/999999").await.status(), 404);
+    assert_eq!(app.get("/api/v1/programs/999999/seats").await.status(), 404);
+}
+
+#[tokio::test]
+async fn an_admin_edit_invalidates_every_cache_level_on_every_node() {
+    let app = spawn_app().await;
+    let other = app.spawn_sibling().await;
+    let (_, token) = signed_in_admin(&app).await;
+    let id = create(&app, &token, &program("Old Title", "Beijing", "Pop", 5)).await["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/api/v1/programs/{id}");
+    for node in [&app, &other] {
+        assert_eq!(get_json(node, &path).await["title"], "Old Title");
+        assert_eq!(
+            get_json(node, "/api/v1/programs").await["items"][0]["title"],
+            "Old Title"
+        );
+    }
+    let edit = app
+        .http
+        .patch(format!("{}/api/v1/admin/programs/{id}", app.address))
+        .bearer_auth(&token)
+        .json(&json!({"title": "New Title", "per_order_limit": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edit.status(), 200);
+    assert_eq!(
+        get_json(&app, &path).await["title"],
+        "New Title",
+        "the editing node at once"
+    );
+    let mut seen = false;
+    for _ in 0..250 {
+        let detail = get_json(&other, &path).await;
+        let list = get_json(&other, "/api/v1/programs").await;
+        if detail["title"] == "New Title" && list["items"][0]["title"] == "New Title" {
+            assert_eq!(detail["per_order_limit"], 2);
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen, "the other node kept serving the old program");
+    let bad = app
+        .http
+        .patch(format!("{}/api/v1/admin/programs/{id}", app.address))
+        .bearer_auth(&token)
+        .json(&json!({"per_account_limit": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422, "limits stay consistent");
+}
+
+#[tokio::test]
+async fn cache_hits_send_nothing_to_postgres() {
+    let proxy = TcpCut::start(pg_addr()).await;
+    let app = spawn_app_with(|s| {
+        let url = s
+            .database
+            .url
+            .expose_secret()
+            .replace(&pg_addr().to_string(), &proxy.addr.to_string());
+        s.database.url = SecretString::from(url);
+    })
+    .await;
+    let (_, token) = signed_in_admin(&app).await;
+    let id = create(&app, &token, &program("Cached", "Beijing", "Pop", 5)).await["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/api/v1/programs/{id}");
+    for warm_up in [path.as_str(), "/api/v1/programs", &format!("{path}/seats")] {
+        get_json(&app, warm_up).await;
+    }
+
+    let before = proxy.bytes_sent();
+    for _ in 0..20 {
+        get_json(&app, &path).await;
+        get_json(&app, "/api/v1/programs").await;
+        get_json(&app, &format!("{path}/seats")).await;
+    }
+    assert_eq!(proxy.bytes_sent(), before, "a cache hit talked to Postgres");
+
+    let other_program = create(&app, &token, &program("Cold", "Beijing", "Pop", 6)).await["id"]
+        .as_i64()
+        .unwrap();
+    let before_miss = proxy.bytes_sent();
+    get_json(&app, &format!("/api/v1/programs/{other_program}")).await;
+    assert!(
+        proxy.bytes_sent() > before_miss,
+        "the proxy does see queries on a miss"
+    );
+}
