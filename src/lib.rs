@@ -54,7 +54,10 @@ pub async fn serve(
     let subscriber = store::RedisStore::subscriber(&state.settings.redis).await?;
     state.catalog.listen(subscriber).await?;
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
+    let pg = state.stores.pg.clone();
     http::serve(listener, state, shutdown).await?;
+    // Background tasks may still hold the pool; closing it ends their sessions cleanly.
+    pg.close();
     tracing::info!("boxoffice stopped");
     Ok(())
 }

@@ -75,6 +75,22 @@ enum BenchCommand {
         #[arg(long, default_value = "bench-results/seat-hold.json")]
         out: PathBuf,
     },
+    /// Program detail and list over HTTP: a server with a warm cache vs one with caching
+    /// disabled, alternating rounds, on a scratch copy of the demo data.
+    Catalog {
+        /// Rounds per endpoint and server.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "bench-results/catalog.json")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -166,16 +182,40 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
                 seed,
             };
             let report = bench::seat_hold::run(&settings, &opts).await?;
-            let json = serde_json::to_string_pretty(&report)?;
-            write_result(&out, &json)?;
-            println!("{json}\n{}", bench::seat_hold::render(&report));
-            println!("summary written to {}", out.display());
+            publish(&out, &report, &bench::seat_hold::render(&report))?;
             anyhow::ensure!(
                 report.valid,
                 "a run broke an invariant; the results are invalid"
             );
         }
+        BenchCommand::Catalog {
+            rounds,
+            secs,
+            concurrency,
+            out,
+        } => {
+            let opts = bench::catalog::Options {
+                rounds,
+                round: std::time::Duration::from_secs_f64(secs),
+                concurrency,
+            };
+            let report = bench::catalog::run(&settings, &opts).await?;
+            publish(&out, &report, &bench::catalog::render(&report))?;
+        }
     }
+    Ok(())
+}
+
+/// Writes the JSON summary to `out` and prints it with its table.
+fn publish(
+    out: &std::path::Path,
+    report: &impl serde::Serialize,
+    table: &str,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    write_result(out, &json)?;
+    println!("{json}\n{table}");
+    println!("summary written to {}", out.display());
     Ok(())
 }
 

@@ -4,12 +4,16 @@
 //!
 //! - [`seat_hold`] — holding two seats: the category actor against Redis-Lua and two Postgres
 //!   row-lock designs.
+//! - [`catalog`] — program detail and list over HTTP with a warm cache against no cache.
 //!
 //! Shared here: server CPU accounting from `/proc` ([`cpu`]) and latency percentiles.
 
+pub mod catalog;
 pub mod cpu;
 pub mod seat_hold;
 pub mod targets;
+
+use anyhow::Context;
 
 /// Latency samples in microseconds.
 #[derive(Debug, Default, Clone)]
@@ -46,6 +50,26 @@ impl Latencies {
         let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
         self.0[rank.clamp(1, self.0.len()) - 1]
     }
+}
+
+/// Runs `sql` on the server's maintenance database (`postgres`): creating and dropping
+/// benchmark scratch databases.
+pub(crate) async fn admin_execute(
+    config: &tokio_postgres::Config,
+    sql: &str,
+) -> anyhow::Result<()> {
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connect to the postgres maintenance database")?;
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(sql)
+        .await
+        .with_context(|| sql.to_string())?;
+    drop(client);
+    let _ = conn.await;
+    Ok(())
 }
 
 /// `a / b`, or 0 when `b` is 0 (a run without throughput has no meaningful ratio).

@@ -2,6 +2,7 @@
 //! category (`seats` seats, ids `1..=seats`, one price) and can reset it to all-available between
 //! rounds, hold a pair for an order, and check its own invariants afterwards.
 
+use super::admin_execute;
 use crate::actors::{ActorError, GetStats, Hold, Selection, Supervisor};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -9,7 +10,6 @@ use crate::domain::inventory::{CategorySpec, Change, LoadedOrder, SeatInfo};
 use crate::store::inventory::InventoryStore;
 use crate::store::postgres::{PgPool, describe, pg_config, pool_from_config};
 use crate::store::{StoreError, redis::RedisStore};
-use anyhow::Context;
 use fred::prelude::*;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -415,21 +415,6 @@ impl PgBench {
         .flatten()
         .collect())
     }
-}
-
-async fn admin_execute(config: &tokio_postgres::Config, sql: &str) -> anyhow::Result<()> {
-    let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connect to the postgres maintenance database")?;
-    let conn = tokio::spawn(conn);
-    client
-        .batch_execute(sql)
-        .await
-        .with_context(|| sql.to_string())?;
-    drop(client);
-    let _ = conn.await;
-    Ok(())
 }
 
 /// Which Postgres design.

@@ -48,3 +48,24 @@ async fn seat_hold_bench_runs_every_design_and_checks_invariants() {
     assert_eq!(report.flatness.len(), designs.len());
     assert_eq!(report.targets.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_bench_compares_a_warm_cache_with_none() {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.name);
+    let opts = boxoffice::bench::catalog::Options {
+        rounds: 1,
+        round: Duration::from_millis(300),
+        concurrency: 4,
+    };
+    let report = boxoffice::bench::catalog::run(&settings, &opts)
+        .await
+        .expect("bench runs");
+    assert_eq!(report.runs.len(), 4, "{report:?}");
+    for r in &report.runs {
+        assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+    }
+    for key in ["detail_warm_vs_disabled", "list_warm_vs_disabled"] {
+        assert!(report.ratios[key] > 0.0, "{key}");
+    }
+}

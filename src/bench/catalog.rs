@@ -1,0 +1,326 @@
+//! `boxoffice bench catalog`: requests per second for the program detail (and list) over HTTP,
+//! from a server with a warm cache and from one with caching disabled, in one run with
+//! alternating rounds. Both servers run in this process on the same scratch database
+//! (`<database>_bench_catalog`, migrated and seeded with the demo data), with rate limits off.
+
+use super::{Latencies, admin_execute, ratio};
+use crate::config::Settings;
+use crate::store::postgres::pg_config;
+use crate::{seed, store};
+use secrecy::SecretString;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Rounds per (server, endpoint).
+    pub rounds: u32,
+    /// Length of one round.
+    pub round: Duration,
+    /// Concurrent HTTP clients.
+    pub concurrency: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rounds: 3,
+            round: Duration::from_secs(3),
+            concurrency: 32,
+        }
+    }
+}
+
+/// The JSON summary (`bench-results/catalog.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Rounds, seconds per round, concurrency.
+    pub config: BTreeMap<String, f64>,
+    /// One entry per (endpoint, cache mode).
+    pub runs: Vec<Run>,
+    /// Warm-cache requests/s ÷ no-cache requests/s, per endpoint.
+    pub ratios: BTreeMap<String, f64>,
+}
+
+/// One endpoint against one server, rounds summed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// `detail` or `list`.
+    pub endpoint: String,
+    /// `warm` or `disabled`.
+    pub cache: String,
+    /// Successful requests.
+    pub requests: u64,
+    /// Non-200 answers or transport errors.
+    pub errors: u64,
+    /// Successful requests per second.
+    pub requests_per_sec: f64,
+    /// Median latency, µs.
+    pub p50_us: u32,
+    /// 99th percentile latency, µs.
+    pub p99_us: u32,
+}
+
+/// A server of this process.
+struct Server {
+    base: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets requests finish and waits until its pool is closed.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Ok(Err(e)) = self.task.await {
+            tracing::warn!(error = %e, "benchmark server stopped with an error");
+        }
+    }
+}
+
+async fn start_server(mut settings: Settings, cache: bool, prefix: &str) -> anyhow::Result<Server> {
+    settings.cache.enabled = cache;
+    settings.rate_limit.enabled = false;
+    settings.redis.key_prefix = prefix.to_string();
+    settings.server.port = 0;
+    let listener = tokio::net::TcpListener::bind(settings.bind_address()).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(crate::serve(settings, listener, async {
+        let _ = stopped.await;
+    }));
+    Ok(Server { base, stop, task })
+}
+
+/// Creates and seeds the scratch database; returns settings pointing at it.
+async fn scratch(
+    settings: &Settings,
+) -> anyhow::Result<(Settings, tokio_postgres::Config, String, i64)> {
+    let config = pg_config(&settings.database)?;
+    let database = format!(
+        "{}_bench_catalog",
+        config.get_dbname().unwrap_or("boxoffice")
+    );
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+    )
+    .await?;
+    admin_execute(&admin, &format!("CREATE DATABASE {database}")).await?;
+    let mut bench = settings.clone();
+    let url = settings_url_with_db(settings, &database);
+    bench.database.url = SecretString::from(url);
+    let pool = store::postgres::connect(&bench.database).await?;
+    store::postgres::migrate(&pool).await?;
+    let demo = seed::seed_demo(&pool, &bench).await?;
+    let program = *demo
+        .program_ids
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no demo program"))?;
+    Ok((bench, admin, database, program))
+}
+
+/// The configured URL with its database name replaced (the path after the last `/`).
+fn settings_url_with_db(settings: &Settings, database: &str) -> String {
+    use secrecy::ExposeSecret;
+    let url = settings.database.url.expose_secret();
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// Runs the benchmark; the scratch database is dropped at the end.
+pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> {
+    let (bench, admin, database, program) = scratch(settings).await?;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let warm = start_server(
+        bench.clone(),
+        true,
+        &format!("bench-catalog:{suffix}:warm:"),
+    )
+    .await?;
+    let cold = start_server(bench, false, &format!("bench-catalog:{suffix}:cold:")).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency)
+        .build()?;
+    let endpoints = [
+        ("detail", format!("/api/v1/programs/{program}")),
+        ("list", "/api/v1/programs?per_page=20".to_string()),
+    ];
+    let servers = [("warm", warm), ("disabled", cold)];
+    for (_, server) in &servers {
+        for (_, path) in &endpoints {
+            client
+                .get(format!("{}{path}", server.base))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+    }
+    let mut cells: Cells = BTreeMap::new();
+    for round in 0..opts.rounds as usize {
+        for (e, (endpoint, path)) in endpoints.iter().enumerate() {
+            // Rotate which server goes first each round, so neither always runs cold or last.
+            for k in 0..servers.len() {
+                let s = (k + round) % servers.len();
+                let url = format!("{}{path}", servers[s].1.base);
+                let (ok, errors, secs, lat) = hammer(&client, &url, opts).await;
+                eprintln!(
+                    "round {} {endpoint:<6} cache={:<8} {:>9.0} req/s",
+                    round + 1,
+                    servers[s].0,
+                    ratio(ok as f64, secs)
+                );
+                let cell = cells.entry((e, s)).or_default();
+                cell.0 += ok;
+                cell.1 += errors;
+                cell.2 += secs;
+                cell.3.merge(lat);
+            }
+        }
+    }
+    let names = servers.each_ref().map(|s| s.0);
+    for (_, server) in servers {
+        server.stop().await;
+    }
+    if let Err(e) = admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "benchmark database not dropped");
+    }
+    Ok(report(opts, &endpoints.map(|e| e.0), &names, cells))
+}
+
+/// `opts.concurrency` clients GET `url` back to back for one round.
+async fn hammer(client: &reqwest::Client, url: &str, opts: &Options) -> (u64, u64, f64, Latencies) {
+    let deadline = Instant::now() + opts.round;
+    let started = Instant::now();
+    let url: Arc<str> = url.into();
+    let tasks: Vec<_> = (0..opts.concurrency)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut errors, mut lat) = (0u64, 0u64, Latencies::default());
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    if fetch(&client, &url).await {
+                        ok += 1;
+                        lat.record(t0.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (ok, errors, lat)
+            })
+        })
+        .collect();
+    let (mut ok, mut errors, mut lat) = (0, 0, Latencies::default());
+    for t in tasks {
+        if let Ok((o, e, l)) = t.await {
+            ok += o;
+            errors += e;
+            lat.merge(l);
+        }
+    }
+    (ok, errors, started.elapsed().as_secs_f64(), lat)
+}
+
+/// One GET with its whole body read; true on a 2xx.
+async fn fetch(client: &reqwest::Client, url: &str) -> bool {
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+type Cells = BTreeMap<(usize, usize), (u64, u64, f64, Latencies)>;
+
+fn report(opts: &Options, endpoints: &[&str], servers: &[&str], cells: Cells) -> Report {
+    let runs: Vec<Run> = cells
+        .into_iter()
+        .map(|((e, s), (ok, errors, secs, mut lat))| Run {
+            endpoint: endpoints[e].to_string(),
+            cache: servers[s].to_string(),
+            requests: ok,
+            errors,
+            requests_per_sec: ratio(ok as f64, secs),
+            p50_us: lat.percentile(50.0),
+            p99_us: lat.percentile(99.0),
+        })
+        .collect();
+    let rate = |endpoint: &str, cache: &str| {
+        runs.iter()
+            .find(|r| r.endpoint == endpoint && r.cache == cache)
+            .map_or(0.0, |r| r.requests_per_sec)
+    };
+    let ratios = endpoints
+        .iter()
+        .map(|e| {
+            (
+                format!("{e}_warm_vs_disabled"),
+                ratio(rate(e, "warm"), rate(e, "disabled")),
+            )
+        })
+        .collect();
+    let config = [
+        ("rounds", f64::from(opts.rounds)),
+        ("round_secs", opts.round.as_secs_f64()),
+        ("concurrency", opts.concurrency as f64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Report {
+        config,
+        runs,
+        ratios,
+    }
+}
+
+/// A human-readable table of the report.
+pub fn render(report: &Report) -> String {
+    let mut out = format!(
+        "catalog: {:<8} {:<9} {:>10} {:>9} {:>9} {:>7}\n",
+        "endpoint", "cache", "req/s", "p50 µs", "p99 µs", "errors"
+    );
+    for r in &report.runs {
+        out += &format!(
+            "         {:<8} {:<9} {:>10.0} {:>9} {:>9} {:>7}\n",
+            r.endpoint, r.cache, r.requests_per_sec, r.p50_us, r.p99_us, r.errors
+        );
+    }
+    for (k, v) in &report.ratios {
+        out += &format!("ratio {k}: {v:.2}\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_name_is_replaced_and_parameters_kept() {
+        let mut s = Settings::from_figment(Settings::figment(std::path::Path::new("/nonexistent")))
+            .expect("defaults load");
+        s.database.url = SecretString::from("postgres://u@h:5432/app?sslmode=disable".to_string());
+        assert_eq!(
+            settings_url_with_db(&s, "x"),
+            "postgres://u@h:5432/x?sslmode=disable"
+        );
+    }
+}
