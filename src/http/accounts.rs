@@ -38,7 +38,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 /// `POST /api/v1/users` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Register {
     mobile: Option<String>,
     email: Option<String>,
@@ -48,13 +48,17 @@ pub struct Register {
 }
 
 /// A solved challenge from `POST /api/v1/captcha`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CaptchaAnswer {
     challenge_id: String,
     answer: String,
 }
 
-async fn register(
+/// Registers a buyer account.
+#[utoipa::path(post, path = "/api/v1/users", tag = "accounts", request_body = Register,
+    responses((status = 201, description = "`{user_id}`"), (status = 409, description = "Mobile or email taken"),
+        (status = 422, description = "A field is invalid"), (status = 428, description = "Captcha required (surge)")))]
+pub async fn register(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<Register>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -169,7 +173,11 @@ async fn require_captcha(st: &AppState, captcha: Option<&CaptchaAnswer>) -> Resu
 }
 
 /// `POST /api/v1/captcha`: a one-time arithmetic challenge, answerable for `captcha_ttl_secs`.
-async fn new_challenge(State(st): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
+#[utoipa::path(post, path = "/api/v1/captcha", tag = "accounts",
+    responses((status = 201, description = "`{challenge_id, question, expires_at}`")))]
+pub async fn new_challenge(
+    State(st): State<AppState>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (a, b) = {
         let mut rng = rand::thread_rng();
         (rng.gen_range(10..100), rng.gen_range(10..100))
@@ -190,7 +198,7 @@ async fn new_challenge(State(st): State<AppState>) -> Result<(StatusCode, Json<V
 }
 
 /// `POST /api/v1/sessions` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Login {
     login: String,
     password: String,
@@ -200,7 +208,11 @@ pub struct Login {
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| crypto::hash_password("not-a-real-password").unwrap_or_default());
 
-async fn login(
+/// Signs in with mobile or email.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "accounts", request_body = Login,
+    responses((status = 201, description = "`{token, user_id, expires_at}`"), (status = 401, description = "Wrong login or password"),
+        (status = 429, description = "Too many wrong passwords")))]
+pub async fn login(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<Login>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -246,14 +258,18 @@ async fn login(
 }
 
 /// `DELETE /api/v1/sessions/current`: the token stops working on every node.
-async fn logout(State(st): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "accounts",
+    responses((status = 204, description = "Signed out everywhere"), (status = 401, description = "Not signed in")))]
+pub async fn logout(State(st): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     let ttl = user.0.exp - Utc::now().timestamp();
     st.sessions.revoke(&user.0.jti, ttl).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/me`.
-async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
+    responses((status = 200, description = "`{user_id, mobile_masked, email_masked, display_name, roles}`")))]
+pub async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
     let p = users::profile(&st.stores.pg, user.id())
         .await?
         .ok_or_else(|| ApiError::unauthenticated("the account no longer exists"))?;

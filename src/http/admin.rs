@@ -32,7 +32,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 /// `POST /api/v1/admin/programs` body.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub struct CreateProgram {
     slug: Option<String>,
     title: String,
@@ -56,7 +56,7 @@ fn yes() -> bool {
 }
 
 /// One price tier: `rows` × `seats_per_row`, or a general-admission `capacity`.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub struct NewTier {
     name: String,
     price_cents: i64,
@@ -165,7 +165,11 @@ fn slug_of(body: &CreateProgram) -> String {
     })
 }
 
-async fn create(
+/// Creates a program with show times, tiers and seat layout.
+#[utoipa::path(post, path = "/api/v1/admin/programs", tag = "admin", request_body = CreateProgram,
+    responses((status = 201, description = "The program"), (status = 403, description = "Not an admin"),
+        (status = 422, description = "A field is invalid")))]
+pub async fn create(
     State(st): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiJson(body): ApiJson<CreateProgram>,
@@ -214,7 +218,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json!(detail))))
 }
 
-async fn edit(
+/// Edits a program; every node drops its cached copy.
+#[utoipa::path(patch, path = "/api/v1/admin/programs/{id}", tag = "admin", request_body = ProgramPatch,
+    params(("id" = i64, Path, description = "Program id")),
+    responses((status = 200, description = "The program"), (status = 403, description = "Not an admin"),
+        (status = 404, description = "No such program")))]
+pub async fn edit(
     State(st): State<AppState>,
     AdminUser(admin): AdminUser,
     Path(id): Path<i64>,

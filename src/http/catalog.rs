@@ -26,7 +26,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         ))
 }
 
-async fn list(
+/// Programs matching the filters, a page at a time.
+#[utoipa::path(get, path = "/api/v1/programs", tag = "catalog", params(ProgramQuery),
+    responses((status = 200, description = "`{items, total, page, per_page}`")))]
+pub async fn list(
     State(st): State<AppState>,
     query: Result<Query<ProgramQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -63,7 +66,14 @@ fn category_json(c: &CategoryInfo, snapshot: Option<&CategorySnapshot>) -> Value
     v
 }
 
-async fn detail(State(st): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+/// One program with show times, tiers (live `remaining`) and limits.
+#[utoipa::path(get, path = "/api/v1/programs/{id}", tag = "catalog",
+    params(("id" = i64, Path, description = "Program id")),
+    responses((status = 200, description = "The program"), (status = 404, description = "No such program")))]
+pub async fn detail(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
     let d = cached_detail(&st, id).await?;
     let mut categories = Vec::with_capacity(d.ticket_categories.len());
     for c in &d.ticket_categories {
@@ -74,7 +84,14 @@ async fn detail(State(st): State<AppState>, Path(id): Path<i64>) -> Result<Json<
     Ok(Json(body))
 }
 
-async fn seats(State(st): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+/// The live seat map of every tier.
+#[utoipa::path(get, path = "/api/v1/programs/{id}/seats", tag = "catalog",
+    params(("id" = i64, Path, description = "Program id")),
+    responses((status = 200, description = "`{seq, categories: [...]}`"), (status = 404, description = "No such program")))]
+pub async fn seats(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
     let d = cached_detail(&st, id).await?;
     let mut seq = 0;
     let mut categories = Vec::with_capacity(d.ticket_categories.len());

@@ -101,7 +101,25 @@ impl AppState {
         title = "boxoffice",
         description = "Ticketing engine for high-demand on-sales (API v1)"
     ),
-    paths(ops::healthz, ops::readyz, ops::metrics, openapi_json),
+    paths(
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        openapi_json,
+        accounts::register,
+        accounts::new_challenge,
+        accounts::login,
+        accounts::logout,
+        accounts::me,
+        ticket_buyers::create,
+        ticket_buyers::list,
+        ticket_buyers::remove,
+        catalog::list,
+        catalog::detail,
+        catalog::seats,
+        admin::create,
+        admin::edit,
+    ),
     components(schemas(error::ErrorInner))
 )]
 pub struct ApiDoc;

@@ -26,7 +26,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 /// `POST /api/v1/me/ticket-buyers` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewTicketBuyer {
     name: String,
     id_type: String,
@@ -43,7 +43,11 @@ fn masked(b: &TicketBuyer) -> Value {
     })
 }
 
-async fn create(
+/// Adds a real-name ticket buyer.
+#[utoipa::path(post, path = "/api/v1/me/ticket-buyers", tag = "accounts", request_body = NewTicketBuyer,
+    responses((status = 201, description = "The ticket buyer, masked"), (status = 409, description = "Same person twice"),
+        (status = 422, description = "Invalid document or limit reached")))]
+pub async fn create(
     State(st): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<NewTicketBuyer>,
@@ -81,14 +85,20 @@ async fn create(
     Ok((StatusCode::CREATED, Json(masked(&added))))
 }
 
-async fn list(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/me/ticket-buyers", tag = "accounts",
+    responses((status = 200, description = "`{items: [...]}`, masked")))]
+pub async fn list(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
     let buyers = ticket_buyers::list(&st.stores.pg, &st.cipher, user.id()).await?;
     Ok(Json(
         json!({ "items": buyers.iter().map(masked).collect::<Vec<_>>() }),
     ))
 }
 
-async fn remove(
+/// Removes one of the caller's ticket buyers.
+#[utoipa::path(delete, path = "/api/v1/me/ticket-buyers/{id}", tag = "accounts",
+    params(("id" = i64, Path, description = "Ticket buyer id")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "No such ticket buyer of the caller")))]
+pub async fn remove(
     State(st): State<AppState>,
     user: AuthUser,
     Path(id): Path<i64>,

@@ -220,7 +220,7 @@ async fn insert_ticket_category(
 }
 
 /// Fields an admin may change on an existing program; `None` keeps the current value.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub struct ProgramPatch {
     /// New title.
     pub title: Option<String>,

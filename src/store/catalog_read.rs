@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Filters and page of `GET /api/v1/programs`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProgramQuery {
     /// Area name or id.
     pub area: Option<String>,

@@ -120,7 +120,18 @@ async fn openapi_document_lists_the_operations_endpoints() {
         .await
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/healthz", "/readyz", "/metrics", "/api-docs/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api-docs/openapi.json",
+        "/api/v1/users",
+        "/api/v1/sessions",
+        "/api/v1/me/ticket-buyers/{id}",
+        "/api/v1/programs",
+        "/api/v1/programs/{id}/seats",
+        "/api/v1/admin/programs/{id}",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "missing {path}");
     }
 }
