@@ -185,8 +185,8 @@ async fn seed_people(pool: &PgPool, settings: &Settings) -> Result<(i64, i64), S
         .map_err(|e| StoreError::Postgres(e.to_string()))?;
     let cipher = IdNumberCipher::new(key);
     let holders = [
-        ("张三", "110101199003071234"),
-        ("李四", "310101198805121238"),
+        ("张三", "110101199003071233"),
+        ("李四", "310101198805121231"),
         ("Ann Example", "E12345678"),
     ];
     for (name, id_number) in holders {
@@ -195,6 +195,9 @@ async fn seed_people(pool: &PgPool, settings: &Settings) -> Result<(i64, i64), S
         } else {
             "passport"
         };
+        // Demo data passes the same validation as the API, so it shows what buyers would see.
+        let id_number = crate::domain::identity::normalize_id_number(id_type, id_number)
+            .map_err(|e| StoreError::Conflict(format!("demo id number: {}", e.reason)))?;
         users::ensure_ticket_buyer(
             pool,
             &cipher,
@@ -202,7 +205,7 @@ async fn seed_people(pool: &PgPool, settings: &Settings) -> Result<(i64, i64), S
             NewTicketBuyer {
                 name,
                 id_type,
-                id_number,
+                id_number: &id_number,
             },
         )
         .await?;
