@@ -2,6 +2,7 @@
 
 pub mod identity;
 pub mod inventory;
+pub mod order_no;
 pub mod seating;
 
 /// Number of low bits of an order number that equal the buyer's user id bits (the "gene").
