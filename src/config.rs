@@ -42,6 +42,31 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Token buckets per route group.
     pub rate_limit: RateLimitSettings,
+    /// The group-commit writer.
+    pub writer: WriterConfig,
+}
+
+/// Batch bounds of the group-commit writer.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    /// Most changes committed in one transaction.
+    pub max_batch: usize,
+    /// Longest wait for company once a change is queued (0 = take only what is queued).
+    pub max_wait_ms: u64,
+    /// Changes queued before submitters wait.
+    pub queue: usize,
+}
+
+impl WriterConfig {
+    /// As the writer takes them.
+    pub fn settings(&self) -> crate::store::writer::WriterSettings {
+        crate::store::writer::WriterSettings {
+            max_batch: self.max_batch.max(1),
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            queue: self.queue.max(1),
+        }
+    }
 }
 
 /// Registration, login and ticket-buyer rules.

@@ -18,9 +18,9 @@ use crate::crypto::IdNumberCipher;
 use crate::store::Stores;
 use crate::store::bloom::HandleBloom;
 use crate::store::catalog_cache::CatalogCache;
-use crate::store::inventory::PgInventoryStore;
 use crate::store::rate_limit::RateLimiter;
 use crate::store::sessions::SessionGuard;
+use crate::store::writer::{GroupCommitStore, GroupCommitWriter};
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderName;
@@ -47,6 +47,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The category actors.
     pub supervisor: Supervisor,
+    /// Commits every actor's changes in batches.
+    pub writer: GroupCommitWriter,
     /// Signs and checks session tokens.
     pub tokens: TokenKeys,
     /// Revocations, login throttling, surge captcha (Redis).
@@ -69,9 +71,12 @@ impl AppState {
         stores: Stores,
         metrics: PrometheusHandle,
     ) -> Result<Self, crate::config::ConfigError> {
-        let inventory = PgInventoryStore::new(stores.pg.clone(), tokio::runtime::Handle::current());
+        let writer = GroupCommitWriter::start(stores.pg.clone(), settings.writer.settings());
+        let runtime = tokio::runtime::Handle::current();
+        let inventory = GroupCommitStore::new(stores.pg.clone(), writer.clone(), runtime);
         let a = &settings.accounts;
         Ok(AppState {
+            writer,
             supervisor: Supervisor::new(
                 Arc::new(inventory),
                 Arc::new(SystemClock),

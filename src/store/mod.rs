@@ -17,6 +17,7 @@ pub mod redis;
 pub mod sessions;
 pub mod ticket_buyers;
 pub mod users;
+pub mod writer;
 
 use crate::config::Settings;
 

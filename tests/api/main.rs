@@ -13,3 +13,4 @@ mod ops;
 mod schema;
 mod seed;
 mod ticket_buyers;
+mod writer;
