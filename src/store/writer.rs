@@ -7,7 +7,7 @@
 //! alone and the rest of its batch still commits. A failed commit fails every job of the batch.
 //! Nobody is told "done" before the commit returned: durable before acknowledged.
 
-use super::inventory::{InventoryStore, apply_change_in, load_category};
+use super::inventory::{InventoryStore, PgInventoryStore, apply_change_in};
 use super::{PgPool, StoreError};
 use crate::domain::inventory::{CategorySpec, Change, LoadedOrder};
 use futures::future::BoxFuture;
@@ -165,21 +165,20 @@ async fn write_batch(
     Ok(results)
 }
 
-/// The actors' store in production: loads from Postgres, writes through the group-commit writer.
+/// The actors' store in production: loads like [`PgInventoryStore`], writes through the
+/// group-commit writer.
 #[derive(Clone)]
 pub struct GroupCommitStore {
-    pool: PgPool,
+    loads: PgInventoryStore,
     writer: GroupCommitWriter,
-    runtime: tokio::runtime::Handle,
 }
 
 impl GroupCommitStore {
     /// A store over `pool` and `writer`; loads run on `runtime` (actors' threads do no I/O).
     pub fn new(pool: PgPool, writer: GroupCommitWriter, runtime: tokio::runtime::Handle) -> Self {
         GroupCommitStore {
-            pool,
+            loads: PgInventoryStore::new(pool, runtime),
             writer,
-            runtime,
         }
     }
 }
@@ -189,14 +188,7 @@ impl InventoryStore for GroupCommitStore {
         &self,
         category_id: i64,
     ) -> BoxFuture<'static, Result<(CategorySpec, Vec<LoadedOrder>), StoreError>> {
-        let pool = self.pool.clone();
-        let task = self
-            .runtime
-            .spawn(async move { load_category(&pool, category_id).await });
-        Box::pin(async move {
-            task.await
-                .map_err(|e| StoreError::Postgres(format!("load task: {e}")))?
-        })
+        self.loads.load(category_id)
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<(), StoreError>> {
