@@ -44,6 +44,18 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     /// The group-commit writer.
     pub writer: WriterConfig,
+    /// Ordering rules.
+    pub orders: OrderSettings,
+}
+
+/// Ordering rules.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderSettings {
+    /// How long an unpaid order holds its tickets.
+    pub payment_window_secs: u64,
+    /// This process's worker id in order numbers (0..64, unique per process).
+    pub worker_id: u16,
 }
 
 /// Batch bounds of the group-commit writer.
@@ -157,6 +169,13 @@ pub struct ActorSettings {
     pub snapshot_interval_ms: u64,
     /// Delay before retrying a failed expiry write.
     pub expiry_retry_ms: u64,
+    /// A reservation not settled within this is released (its caller died or gave up).
+    #[serde(default = "default_reservation_timeout_ms")]
+    pub reservation_timeout_ms: u64,
+}
+
+fn default_reservation_timeout_ms() -> u64 {
+    30_000
 }
 
 /// Where the HTTP server listens and how it names itself in printed URLs.

@@ -31,6 +31,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod ordering;
 pub mod seed;
 pub mod store;
 pub mod telemetry;

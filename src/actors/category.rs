@@ -15,6 +15,7 @@ use crate::domain::inventory::{
 use crate::store::inventory::InventoryStore;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -34,6 +35,8 @@ pub struct CategoryActor {
     deltas: broadcast::Sender<Arc<Delta>>,
     dirty: bool,
     totals: Totals,
+    /// Reservations waiting for [`Settle`], with the timer that abandons them.
+    reserved: HashMap<OrderNo, (Change, SpawnHandle)>,
 }
 
 /// The channels an actor publishes on; created by the supervisor so readers never need to
@@ -66,6 +69,7 @@ impl CategoryActor {
             deltas: channels.deltas,
             dirty: true,
             totals: Totals::default(),
+            reserved: HashMap::new(),
         }
     }
 
@@ -209,17 +213,68 @@ impl Actor for CategoryActor {
     }
 }
 
+impl CategoryActor {
+    fn take(&mut self, hold: &Hold) -> Result<Change, ActorError> {
+        let taken = match &hold.selection {
+            Selection::Seats(seats) => self.inv.hold_seats(hold.order_no, seats, hold.expires_at),
+            Selection::Best(quantity) => {
+                self.inv
+                    .hold_best(hold.order_no, *quantity, hold.expires_at)
+            }
+        };
+        taken.map_err(ActorError::Inventory)
+    }
+
+    fn settle(&mut self, order: OrderNo, committed: bool, ctx: &mut Context<Self>) -> bool {
+        let Some((change, timer)) = self.reserved.remove(&order) else {
+            return false;
+        };
+        ctx.cancel_future(timer);
+        if let Some(delta) = self.inv.finish(&change, committed) {
+            self.committed(&change, delta, ctx);
+        }
+        true
+    }
+}
+
+impl Handler<Reserve> for CategoryActor {
+    type Result = Result<Reserved, ActorError>;
+
+    fn handle(&mut self, msg: Reserve, ctx: &mut Context<Self>) -> Self::Result {
+        let hold = msg.0;
+        let change = self.take(&hold)?;
+        let order = hold.order_no;
+        let timeout = Duration::from_millis(self.settings.reservation_timeout_ms);
+        let timer = ctx.run_later(timeout, move |act, ctx| {
+            if act.settle(order, false, ctx) {
+                tracing::warn!(order_no = order, "reservation never settled; released");
+            }
+        });
+        self.reserved.insert(order, (change.clone(), timer));
+        let held = Held {
+            seats: change.seats.clone(),
+            quantity: change.quantity,
+            expires_at: hold.expires_at,
+        };
+        Ok(Reserved { held, change })
+    }
+}
+
+impl Handler<Settle> for CategoryActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Settle, ctx: &mut Context<Self>) -> bool {
+        self.settle(msg.order_no, msg.committed, ctx)
+    }
+}
+
 impl Handler<Hold> for CategoryActor {
     type Result = ResponseActFuture<Self, Result<Held, ActorError>>;
 
     fn handle(&mut self, msg: Hold, _: &mut Context<Self>) -> Self::Result {
-        let taken = match msg.selection {
-            Selection::Seats(seats) => self.inv.hold_seats(msg.order_no, &seats, msg.expires_at),
-            Selection::Best(quantity) => self.inv.hold_best(msg.order_no, quantity, msg.expires_at),
-        };
-        let change = match taken {
+        let change = match self.take(&msg) {
             Ok(change) => change,
-            Err(e) => return Box::pin(fut::ready(Err(ActorError::Inventory(e)))),
+            Err(e) => return Box::pin(fut::ready(Err(e))),
         };
         let held = Held {
             seats: change.seats.clone(),

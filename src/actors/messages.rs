@@ -53,6 +53,34 @@ pub struct Hold {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Take tickets for an order without writing them: the hold stays pending (blocking its seats,
+/// invisible to buyers) until [`Settle`] says whether the caller's own transaction — which
+/// writes the order and these seats together — committed. Unsettled reservations are abandoned
+/// after `actors.reservation_timeout_ms`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Reserved, ActorError>")]
+pub struct Reserve(pub Hold);
+
+/// A pending reservation and the change the caller must persist.
+#[derive(Debug, Clone)]
+pub struct Reserved {
+    /// What was taken.
+    pub held: Held,
+    /// The seat/GA change to write in the order's transaction.
+    pub change: crate::domain::inventory::Change,
+}
+
+/// The outcome of a reservation's transaction: `committed` makes the hold real (timer armed,
+/// delta published); otherwise its seats are free again. Answers whether it was still pending.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "bool")]
+pub struct Settle {
+    /// The order.
+    pub order_no: OrderNo,
+    /// Whether the order's transaction committed.
+    pub committed: bool,
+}
+
 /// A durable hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {

@@ -145,6 +145,15 @@ impl From<crate::store::StoreError> for ApiError {
                 "CONFLICT",
                 "the resource changed; retry",
             ),
+            Refused { code, message } => {
+                let status = match code {
+                    "SEAT_UNAVAILABLE" | "SOLD_OUT" | "BUYER_HAS_TICKET" | "IN_FLIGHT" => {
+                        StatusCode::CONFLICT
+                    }
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                ApiError::new(status, code, message)
+            }
             Redis(_) | Pulsar(_) => {
                 tracing::warn!(error = %e, "dependency failure");
                 ApiError::unavailable(

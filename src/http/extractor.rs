@@ -22,11 +22,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(JsonRejection::JsonDataError(e)) => {
-                let text = e.body_text();
-                let field = text.split('`').nth(1).unwrap_or("body").to_string();
-                Err(ApiError::validation(&field, text))
-            }
+            Err(JsonRejection::JsonDataError(e)) => Err(invalid_body(e.body_text())),
             Err(e) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
@@ -34,6 +30,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             )),
         }
     }
+}
+
+/// A 422 for a body that is JSON but not the expected shape, naming the field serde named
+/// (serde quotes it in backticks: "missing field `password`").
+pub fn invalid_body(text: String) -> ApiError {
+    let field = text.split('`').nth(1).unwrap_or("body").to_string();
+    ApiError::validation(&field, text)
 }
 
 /// The `Bearer` token of a request, if any.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extractor;
 pub mod limits;
 pub mod ops;
+pub mod orders;
 pub mod ticket_buyers;
 
 use crate::actors::Supervisor;
@@ -15,6 +16,8 @@ use crate::auth::TokenKeys;
 use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::crypto::IdNumberCipher;
+use crate::domain::order_no::OrderNoGenerator;
+use crate::ordering::Ordering;
 use crate::store::Stores;
 use crate::store::bloom::HandleBloom;
 use crate::store::catalog_cache::CatalogCache;
@@ -61,6 +64,8 @@ pub struct AppState {
     pub cipher: IdNumberCipher,
     /// Catalog reads: in-process → Redis → Postgres.
     pub catalog: CatalogCache,
+    /// Places orders.
+    pub ordering: Ordering,
 }
 
 impl AppState {
@@ -74,24 +79,34 @@ impl AppState {
         let writer = GroupCommitWriter::start(stores.pg.clone(), settings.writer.settings());
         let runtime = tokio::runtime::Handle::current();
         let inventory = GroupCommitStore::new(stores.pg.clone(), writer.clone(), runtime);
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
+        let supervisor =
+            Supervisor::new(Arc::new(inventory), clock.clone(), settings.actors.clone());
+        let catalog = CatalogCache::new(
+            stores.pg.clone(),
+            stores.redis.clone(),
+            settings.cache.clone(),
+        );
+        let ordering = Ordering {
+            supervisor: supervisor.clone(),
+            writer: writer.clone(),
+            catalog: catalog.clone(),
+            pg: stores.pg.clone(),
+            ids: Arc::new(OrderNoGenerator::new(settings.orders.worker_id)),
+            clock,
+            payment_window: chrono::Duration::seconds(settings.orders.payment_window_secs as i64),
+        };
         let a = &settings.accounts;
         Ok(AppState {
             writer,
-            supervisor: Supervisor::new(
-                Arc::new(inventory),
-                Arc::new(SystemClock),
-                settings.actors.clone(),
-            ),
+            supervisor,
+            ordering,
+            catalog,
             tokens: TokenKeys::new(&settings.secrets.jwt_key, a.token_ttl_secs),
             sessions: SessionGuard::new(stores.redis.clone()),
             bloom: HandleBloom::new(stores.redis.clone(), a.bloom_bits, a.bloom_hashes),
             limiter: RateLimiter::new(stores.redis.clone()),
             cipher: IdNumberCipher::new(settings.secrets.id_number_key_bytes()?),
-            catalog: CatalogCache::new(
-                stores.pg.clone(),
-                stores.redis.clone(),
-                settings.cache.clone(),
-            ),
             settings: Arc::new(settings),
             stores,
             metrics,
@@ -159,6 +174,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ticket_buyers::router(&state))
         .merge(catalog::router(&state))
         .merge(admin::router(&state))
+        .merge(orders::router(&state))
         .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
         .fallback(error::fallback)
         .layer(layers)

@@ -188,6 +188,9 @@ pub async fn apply_change_in(
             change.kind, change.order_no
         )));
     }
+    if change.kind == ChangeKind::Release {
+        super::orders::close_released_in(tx, change.order_no).await?;
+    }
     Ok(())
 }
 

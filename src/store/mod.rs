@@ -9,7 +9,9 @@ pub mod bloom;
 pub mod catalog;
 pub mod catalog_cache;
 pub mod catalog_read;
+pub mod idempotency;
 pub mod inventory;
+pub mod orders;
 pub mod postgres;
 pub mod pulsar;
 pub mod rate_limit;
@@ -46,6 +48,15 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration: {0}")]
     Migration(String),
+    /// A business rule checked inside a transaction refused the write (nothing was written);
+    /// `code` is the API error code (`LIMIT_EXCEEDED`, `SEAT_UNAVAILABLE`, ...).
+    #[error("{code}: {message}")]
+    Refused {
+        /// API error code.
+        code: &'static str,
+        /// Human text.
+        message: String,
+    },
 }
 
 impl From<tokio_postgres::Error> for StoreError {

@@ -8,6 +8,7 @@
 //! Nobody is told "done" before the commit returned: durable before acknowledged.
 
 use super::inventory::{InventoryStore, PgInventoryStore, apply_change_in};
+use super::orders::{PlaceOrder, insert_order_in};
 use super::{PgPool, StoreError};
 use crate::domain::inventory::{CategorySpec, Change, LoadedOrder};
 use futures::future::BoxFuture;
@@ -40,8 +41,16 @@ pub struct WriterStats {
     pub failed: AtomicU64,
 }
 
+/// What a job writes.
+enum Write {
+    /// Actor changes (releases, confirmations, returns, plain holds).
+    Changes(Vec<Change>),
+    /// A new order with its reserved seats, tickets, outbox event and idempotency record.
+    Order(Box<PlaceOrder>),
+}
+
 struct Job {
-    changes: Vec<Change>,
+    write: Write,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -64,9 +73,19 @@ impl GroupCommitWriter {
     /// Commits `changes` atomically (with whatever else shares the batch); `Ok` only after the
     /// commit succeeded.
     pub async fn submit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        self.enqueue(Write::Changes(changes)).await
+    }
+
+    /// Commits a new order (see [`PlaceOrder`]); `Ok` only after the commit succeeded. A business
+    /// refusal inside the transaction comes back as [`StoreError::Refused`].
+    pub async fn place_order(&self, order: PlaceOrder) -> Result<(), StoreError> {
+        self.enqueue(Write::Order(Box::new(order))).await
+    }
+
+    async fn enqueue(&self, write: Write) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job { changes, reply })
+            .send(Job { write, reply })
             .await
             .map_err(|_| StoreError::Postgres("the writer has stopped".into()))?;
         answer
@@ -146,13 +165,7 @@ async fn write_batch(
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         tx.batch_execute("SAVEPOINT job").await?;
-        let mut result = Ok(());
-        for change in &job.changes {
-            if let Err(e) = apply_change_in(&tx, change).await {
-                result = Err(e);
-                break;
-            }
-        }
+        let result = write_job(&tx, &job.write).await;
         let end = if result.is_ok() {
             "RELEASE SAVEPOINT job"
         } else {
@@ -163,6 +176,21 @@ async fn write_batch(
     }
     tx.commit().await?;
     Ok(results)
+}
+
+async fn write_job(
+    tx: &deadpool_postgres::Transaction<'_>,
+    write: &Write,
+) -> Result<(), StoreError> {
+    match write {
+        Write::Changes(changes) => {
+            for change in changes {
+                apply_change_in(tx, change).await?;
+            }
+            Ok(())
+        }
+        Write::Order(order) => insert_order_in(tx, order).await,
+    }
 }
 
 /// The actors' store in production: loads like [`PgInventoryStore`], writes through the

@@ -432,5 +432,6 @@ pub fn actor_settings() -> boxoffice::config::ActorSettings {
         idle_passivate_secs: 3600,
         snapshot_interval_ms: 5,
         expiry_retry_ms: 20,
+        reservation_timeout_ms: 30_000,
     }
 }

@@ -10,6 +10,7 @@ mod bench;
 mod catalog;
 mod limits;
 mod ops;
+mod orders;
 mod schema;
 mod seed;
 mod ticket_buyers;

@@ -1,0 +1,264 @@
+//! Orders (API.md, "Orders"): placing with `Idempotency-Key`, reading one (owner or admin, 404
+//! for anyone else), the caller's list, and cancelling.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extractor::{AuthUser, invalid_body};
+use super::limits;
+use crate::actors::{ActorError, Transition};
+use crate::domain::inventory::{ChangeKind, InventoryError};
+use crate::ordering::{OrderError, OrderRequest};
+use crate::store::{idempotency, orders, users::role};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// How long a request may hold its idempotency key in flight before another may try.
+const IN_FLIGHT_SECS: i64 = 60;
+
+/// Routes of this module, with the `account` rate limit.
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orders", post(place).get(list))
+        .route("/api/v1/orders/{order_no}", get(one))
+        .route("/api/v1/orders/{order_no}/cancel", post(cancel))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::account,
+        ))
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        use OrderError::*;
+        match e {
+            Invalid(field, reason) => ApiError::validation(field, reason),
+            NoProgram => ApiError::not_found("program"),
+            NotOnSale(at) => ApiError::new(
+                StatusCode::CONFLICT,
+                "NOT_ON_SALE",
+                format!("sales open at {at}"),
+            ),
+            Limit(message) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "LIMIT_EXCEEDED", message)
+            }
+            BuyerHasTicket => {
+                ApiError::new(StatusCode::CONFLICT, "BUYER_HAS_TICKET", e.to_string())
+            }
+            Actor(a) => actor_error(a),
+            Store(s) => s.into(),
+            NotDurable => ApiError::unavailable("ORDER_NOT_DURABLE", e.to_string()),
+        }
+    }
+}
+
+fn actor_error(e: ActorError) -> ApiError {
+    match e {
+        ActorError::Inventory(InventoryError::SeatUnavailable(ids)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "SEAT_UNAVAILABLE",
+            "a chosen seat is taken",
+        )
+        .with_details(json!({ "seat_ids": ids })),
+        ActorError::Inventory(InventoryError::SoldOut { remaining }) => ApiError::new(
+            StatusCode::CONFLICT,
+            "SOLD_OUT",
+            format!("only {remaining} left"),
+        )
+        .with_details(json!({ "remaining": remaining })),
+        ActorError::Inventory(InventoryError::PriceMismatch {
+            seat_id,
+            actual_cents,
+        }) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "PRICE_MISMATCH",
+            "the price changed; reload the seat map",
+        )
+        .with_details(json!({ "seat_id": seat_id, "price_cents": actual_cents })),
+        ActorError::Inventory(InventoryError::UnknownSeat(id)) => {
+            ApiError::validation("seats", format!("unknown seat {id}"))
+        }
+        ActorError::Inventory(InventoryError::Busy(_)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "ORDER_BUSY",
+            "the order is changing; retry",
+        )
+        .retry_after(1),
+        ActorError::Inventory(other) => {
+            ApiError::new(StatusCode::CONFLICT, "INVALID_STATE", other.to_string())
+        }
+        ActorError::Overloaded => {
+            ApiError::unavailable("OVERLOADED", "too many requests for this category; retry")
+        }
+        ActorError::NotFound(_) => ApiError::not_found("ticket category"),
+        other => ApiError::unavailable("INVENTORY_UNAVAILABLE", other.to_string()),
+    }
+}
+
+/// A stored or fresh answer, sent byte for byte.
+fn raw_json(status: u16, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `POST /api/v1/orders`.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = OrderRequest,
+    params(("Idempotency-Key" = String, Header, description = "Required; same key + same body replays the answer")),
+    responses((status = 201, description = "The order, pending payment"), (status = 409, description = "Seat taken, sold out, key in flight"),
+        (status = 422, description = "Limits, price mismatch, key reused with another body")))]
+pub async fn place(
+    State(st): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| (1..=255).contains(&k.len()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "IDEMPOTENCY_KEY_REQUIRED",
+                "send an Idempotency-Key header (1-255 chars)",
+            )
+        })?
+        .to_string();
+    let hash = Sha256::digest(&body).to_vec();
+    if let Some((stored_hash, status, stored)) =
+        idempotency::lookup(&st.stores.pg, user.id(), &key).await?
+    {
+        if stored_hash != hash {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used with another body",
+            ));
+        }
+        return Ok(raw_json(status, stored));
+    }
+    let req: OrderRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => invalid_body(e.to_string()),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()),
+    })?;
+    if !idempotency::begin(&st.stores.redis, user.id(), &key, IN_FLIGHT_SECS).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "IN_FLIGHT",
+            "a request with this Idempotency-Key is being processed",
+        ));
+    }
+    // Spawned: a client hanging up must not abandon reserved seats halfway.
+    let (ordering, user_id, key2) = (st.ordering.clone(), user.id(), key.clone());
+    let outcome = tokio::spawn(async move { ordering.place(user_id, &req, &key2, hash).await })
+        .await
+        .map_err(ApiError::internal)?;
+    if let Err(e) = idempotency::end(&st.stores.redis, user.id(), &key).await {
+        tracing::warn!(error = %e, "idempotency marker not cleared; it expires on its own");
+    }
+    Ok(raw_json(201, outcome?))
+}
+
+/// The order if the caller may see it (owner or admin); 404 otherwise.
+async fn visible_order(
+    st: &AppState,
+    user: &AuthUser,
+    order_no: &str,
+) -> Result<orders::OrderView, ApiError> {
+    let number: i64 = order_no.parse().map_err(|_| ApiError::not_found("order"))?;
+    let order = orders::find(&st.stores.pg, number)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    if order.user_id != user.id() && !user.0.has_role(role::ADMIN) {
+        return Err(ApiError::not_found("order"));
+    }
+    Ok(order)
+}
+
+/// `GET /api/v1/orders/{order_no}`.
+#[utoipa::path(get, path = "/api/v1/orders/{order_no}", tag = "orders",
+    params(("order_no" = String, Path, description = "Order number")),
+    responses((status = 200, description = "The order"), (status = 404, description = "No such order of the caller")))]
+pub async fn one(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(order_no): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(visible_order(&st, &user, &order_no).await?)))
+}
+
+/// Filters of the caller's order list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    status: Option<String>,
+    page: Option<u32>,
+    per_page: Option<u32>,
+}
+
+/// `GET /api/v1/orders`.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(ListQuery),
+    responses((status = 200, description = "`{items, total, page, per_page}`")))]
+pub async fn list(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, per_page) = (
+        q.page.unwrap_or(1).max(1),
+        q.per_page.unwrap_or(20).clamp(1, 100),
+    );
+    let (items, total) = orders::list_for_user(
+        &st.stores.pg,
+        user.id(),
+        q.status.as_deref(),
+        page,
+        per_page,
+    )
+    .await?;
+    Ok(Json(
+        json!({ "items": items, "total": total, "page": page, "per_page": per_page }),
+    ))
+}
+
+/// `POST /api/v1/orders/{order_no}/cancel`: seats go back at once; repeating it is harmless.
+#[utoipa::path(post, path = "/api/v1/orders/{order_no}/cancel", tag = "orders",
+    params(("order_no" = String, Path, description = "Order number")),
+    responses((status = 200, description = "The order, cancelled"), (status = 404, description = "No such order of the caller"),
+        (status = 409, description = "Paid, expired or refunded orders cannot be cancelled")))]
+pub async fn cancel(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(order_no): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let order = visible_order(&st, &user, &order_no).await?;
+    match order.status.as_str() {
+        "cancelled" => return Ok(Json(json!(order))),
+        "pending_payment" => {}
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "NOT_CANCELLABLE",
+                format!("a {other} order cannot be cancelled"),
+            ));
+        }
+    }
+    let number: i64 = order.order_no.parse().map_err(ApiError::internal)?;
+    for category in orders::categories_of(&st.stores.pg, number).await? {
+        let release = Transition {
+            kind: ChangeKind::Release,
+            order_no: number,
+        };
+        st.supervisor
+            .transition(category, release)
+            .await
+            .map_err(actor_error)?;
+    }
+    let after = visible_order(&st, &user, &order.order_no).await?;
+    Ok(Json(json!(after)))
+}

@@ -1,0 +1,395 @@
+//! The ordering service (ARCHITECTURE.md, "Placing an order"): checks in the documented order,
+//! reserves tickets in the category actors (ascending category id, all or nothing), hands the
+//! order to the group-commit writer and only then answers. The actors make their reservations
+//! real or drop them according to the commit's outcome.
+
+use crate::actors::{ActorError, Hold, Reserve, Reserved, Selection, Settle, Supervisor};
+use crate::clock::Clock;
+use crate::domain::inventory::{InventoryError, SeatId};
+use crate::domain::order_no::OrderNoGenerator;
+use crate::store::catalog_cache::CatalogCache;
+use crate::store::catalog_read::ProgramDetail;
+use crate::store::orders::{self, IdempotentResult, NewTicket, PlaceOrder};
+use crate::store::writer::GroupCommitWriter;
+use crate::store::{PgPool, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// `POST /api/v1/orders` body: chosen seats, or a tier and a quantity.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct OrderRequest {
+    /// The program.
+    pub program_id: i64,
+    /// One real-name holder per ticket.
+    pub ticket_buyer_ids: Vec<i64>,
+    /// Chosen seats with the price the client saw.
+    pub seats: Option<Vec<SeatChoice>>,
+    /// Tier for best-available / general admission.
+    pub ticket_category_id: Option<i64>,
+    /// Tickets wanted from that tier.
+    pub quantity: Option<u32>,
+}
+
+/// A seat the buyer picked.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct SeatChoice {
+    /// Seat id.
+    pub seat_id: i64,
+    /// Price shown to the buyer.
+    pub price_cents: i64,
+}
+
+/// Why an order was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// A field is malformed.
+    #[error("{0}: {1}")]
+    Invalid(&'static str, String),
+    /// No such program.
+    #[error("program not found")]
+    NoProgram,
+    /// Sales have not started.
+    #[error("sales open at {0}")]
+    NotOnSale(chrono::DateTime<chrono::Utc>),
+    /// Per-order or per-account limit.
+    #[error("{0}")]
+    Limit(String),
+    /// A ticket buyer is already in a live order for this program.
+    #[error("a ticket buyer already has a live ticket for this program")]
+    BuyerHasTicket,
+    /// The actors refused (seat taken, sold out, price mismatch, overloaded ...).
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+    /// A store failed or a rule checked in the transaction refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The commit failed: seats released, attempt recorded as a discarded order.
+    #[error("the order could not be made durable; nothing was charged or kept")]
+    NotDurable,
+}
+
+/// What placing needs; built once per server.
+#[derive(Clone)]
+pub struct Ordering {
+    /// Category actors.
+    pub supervisor: Supervisor,
+    /// Group commit.
+    pub writer: GroupCommitWriter,
+    /// Program rules (cached).
+    pub catalog: CatalogCache,
+    /// Reads of ticket buyers and limits.
+    pub pg: PgPool,
+    /// Order numbers.
+    pub ids: Arc<OrderNoGenerator>,
+    /// Wall time.
+    pub clock: Arc<dyn Clock>,
+    /// Payment window.
+    pub payment_window: chrono::Duration,
+}
+
+/// Selections per category, ascending by category id.
+type Plan = BTreeMap<i64, Selection>;
+
+impl Ordering {
+    /// Places the order; on success the JSON body of the 201, already stored under `idem_key`.
+    pub async fn place(
+        &self,
+        user_id: i64,
+        req: &OrderRequest,
+        idem_key: &str,
+        request_hash: Vec<u8>,
+    ) -> Result<Vec<u8>, OrderError> {
+        let n = validate_shape(req)?;
+        let program = self
+            .catalog
+            .detail(req.program_id)
+            .await?
+            .ok_or(OrderError::NoProgram)?;
+        if program.on_sale_at > self.clock.now() {
+            return Err(OrderError::NotOnSale(program.on_sale_at));
+        }
+        if n > program.per_order_limit as usize {
+            return Err(OrderError::Limit(format!(
+                "at most {} tickets per order",
+                program.per_order_limit
+            )));
+        }
+        self.check_buyers(user_id, req, &program).await?;
+        let plan = self.plan(req, &program).await?;
+        let now = self.clock.now();
+        let order_no = self.ids.next(user_id, now.timestamp_millis());
+        let expires_at = now + self.payment_window;
+        let reserved = self.reserve(order_no, plan, expires_at).await?;
+        let order = build_order(
+            user_id,
+            req,
+            &program,
+            order_no,
+            expires_at,
+            &reserved,
+            idem_key,
+            request_hash,
+        );
+        let body = order.idempotency.body.clone();
+        let outcome = self.writer.place_order(order.clone()).await;
+        self.settle(order_no, &reserved, outcome.is_ok()).await;
+        match outcome {
+            Ok(()) => Ok(body),
+            Err(e @ StoreError::Refused { .. }) => Err(e.into()),
+            Err(e) => {
+                tracing::error!(order_no, error = %e, "order commit failed; seats released");
+                if let Err(e) = orders::record_discarded(&self.pg, &order, &e.to_string()).await {
+                    tracing::error!(order_no, error = %e, "discarded order not recorded");
+                }
+                Err(OrderError::NotDurable)
+            }
+        }
+    }
+
+    /// Ticket buyers belong to the caller, none has a live ticket for the program, and the
+    /// account limit leaves room (re-checked exactly inside the order's transaction).
+    async fn check_buyers(
+        &self,
+        user_id: i64,
+        req: &OrderRequest,
+        program: &ProgramDetail,
+    ) -> Result<(), OrderError> {
+        let client = self.pg.get().await.map_err(StoreError::from)?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM ticket_buyers WHERE user_id = $1 AND id = ANY($2) AND deleted_at IS NULL),
+                        (SELECT count(*) FROM buyer_claims WHERE program_id = $3 AND ticket_buyer_id = ANY($2)),
+                        (SELECT count(*) FROM tickets t JOIN orders o ON o.gene = t.gene AND o.order_no = t.order_no
+                         WHERE o.gene = ($1::bigint & 15)::smallint AND o.user_id = $1 AND o.program_id = $3
+                           AND o.status IN ('pending_payment', 'paid'))",
+                &[&user_id, &req.ticket_buyer_ids, &req.program_id],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        let (mine, claimed, live): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if mine != req.ticket_buyer_ids.len() as i64 {
+            return Err(OrderError::Invalid(
+                "ticket_buyer_ids",
+                "not all are your ticket buyers".into(),
+            ));
+        }
+        if claimed > 0 {
+            return Err(OrderError::BuyerHasTicket);
+        }
+        let limit = i64::from(program.per_account_limit);
+        if live + req.ticket_buyer_ids.len() as i64 > limit {
+            return Err(OrderError::Limit(format!(
+                "at most {limit} tickets per account for this program; you hold {live}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Which category each seat belongs to (from the actors' snapshots, no database read).
+    async fn plan(&self, req: &OrderRequest, program: &ProgramDetail) -> Result<Plan, OrderError> {
+        let mut plan = Plan::new();
+        if let Some(category) = req.ticket_category_id {
+            if !program.ticket_categories.iter().any(|c| c.id == category) {
+                return Err(OrderError::Invalid(
+                    "ticket_category_id",
+                    "not a tier of this program".into(),
+                ));
+            }
+            plan.insert(category, Selection::Best(req.quantity.unwrap_or(0)));
+            return Ok(plan);
+        }
+        let mut chosen: BTreeMap<i64, Vec<(SeatId, i64)>> = BTreeMap::new();
+        for seat in req.seats.iter().flatten() {
+            let category = self.category_of(seat.seat_id, program).await?;
+            chosen
+                .entry(category)
+                .or_default()
+                .push((seat.seat_id, seat.price_cents));
+        }
+        Ok(chosen
+            .into_iter()
+            .map(|(c, seats)| (c, Selection::Seats(seats)))
+            .collect())
+    }
+
+    async fn category_of(&self, seat_id: i64, program: &ProgramDetail) -> Result<i64, OrderError> {
+        for c in program.ticket_categories.iter().filter(|c| c.seated) {
+            let snapshot = self.supervisor.snapshot(c.id).await?;
+            if snapshot.seats.iter().any(|s| s.id == seat_id) {
+                return Ok(c.id);
+            }
+        }
+        Err(OrderError::Invalid(
+            "seats",
+            format!("seat {seat_id} is not in this program"),
+        ))
+    }
+
+    /// Reserves every category in ascending id; any refusal releases what was taken.
+    async fn reserve(
+        &self,
+        order_no: i64,
+        plan: Plan,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(i64, Reserved)>, OrderError> {
+        let mut taken = Vec::with_capacity(plan.len());
+        for (category, selection) in plan {
+            let hold = Hold {
+                order_no,
+                selection,
+                expires_at,
+            };
+            match self
+                .supervisor
+                .call(category, Reserve(hold))
+                .await
+                .and_then(|r| r)
+            {
+                Ok(reserved) => taken.push((category, reserved)),
+                Err(e) => {
+                    self.settle(order_no, &taken, false).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn settle(&self, order_no: i64, taken: &[(i64, Reserved)], committed: bool) {
+        for (category, _) in taken {
+            if let Err(e) = self
+                .supervisor
+                .call(
+                    *category,
+                    Settle {
+                        order_no,
+                        committed,
+                    },
+                )
+                .await
+            {
+                // The actor restarted: it reloaded from Postgres, which has the truth either way.
+                tracing::warn!(order_no, category, error = %e, "settle not delivered");
+            }
+        }
+    }
+}
+
+/// Exactly one way of choosing, one ticket per ticket buyer, no buyer twice. Returns the count.
+fn validate_shape(req: &OrderRequest) -> Result<usize, OrderError> {
+    let n = req.ticket_buyer_ids.len();
+    if n == 0 {
+        return Err(OrderError::Invalid(
+            "ticket_buyer_ids",
+            "name one ticket buyer per ticket".into(),
+        ));
+    }
+    let mut ids = req.ticket_buyer_ids.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != n {
+        return Err(OrderError::Invalid(
+            "ticket_buyer_ids",
+            "a ticket buyer is listed twice".into(),
+        ));
+    }
+    match (&req.seats, req.ticket_category_id, req.quantity) {
+        (Some(seats), None, None) if seats.len() == n => Ok(n),
+        (None, Some(_), Some(q)) if q as usize == n => Ok(n),
+        (Some(_), None, None) | (None, Some(_), Some(_)) => Err(OrderError::Invalid(
+            "ticket_buyer_ids",
+            "one ticket buyer per ticket: as many buyers as seats (or as the quantity)".into(),
+        )),
+        _ => Err(OrderError::Invalid(
+            "seats",
+            "give either seats, or ticket_category_id and quantity".into(),
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_order(
+    user_id: i64,
+    req: &OrderRequest,
+    program: &ProgramDetail,
+    order_no: i64,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    reserved: &[(i64, Reserved)],
+    idem_key: &str,
+    request_hash: Vec<u8>,
+) -> PlaceOrder {
+    let price_of = |category: i64| {
+        program
+            .ticket_categories
+            .iter()
+            .find(|c| c.id == category)
+            .map_or(0, |c| c.price_cents)
+    };
+    let mut units: Vec<NewTicket> = Vec::new();
+    for (category, r) in reserved {
+        if r.held.seats.is_empty() {
+            units.extend((0..r.held.quantity).map(|_| NewTicket {
+                ticket_category_id: *category,
+                ticket_buyer_id: 0,
+                seat_id: None,
+                price_cents: price_of(*category),
+            }));
+        } else {
+            units.extend(r.held.seats.iter().map(|s| NewTicket {
+                ticket_category_id: *category,
+                ticket_buyer_id: 0,
+                seat_id: Some(s.id),
+                price_cents: s.price_cents,
+            }));
+        }
+    }
+    for (ticket, buyer) in units.iter_mut().zip(&req.ticket_buyer_ids) {
+        ticket.ticket_buyer_id = *buyer;
+    }
+    let total_cents = units.iter().map(|t| t.price_cents).sum();
+    let seat_of = |id: i64| {
+        reserved
+            .iter()
+            .flat_map(|(_, r)| &r.held.seats)
+            .find(|s| s.id == id)
+    };
+    let tickets_json: Vec<_> = units
+        .iter()
+        .map(|t| {
+            let seat = t
+                .seat_id
+                .and_then(seat_of)
+                .map(|s| json!({"id": s.id, "row": s.row, "col": s.col}));
+            json!({"ticket_buyer_id": t.ticket_buyer_id, "ticket_category_id": t.ticket_category_id,
+                   "seat": seat, "price_cents": t.price_cents})
+        })
+        .collect();
+    let body = json!({
+        "order_no": order_no.to_string(), "status": "pending_payment", "expires_at": expires_at,
+        "total_cents": total_cents, "program_id": program.id, "tickets": tickets_json,
+    });
+    PlaceOrder {
+        order_no,
+        user_id,
+        program_id: program.id,
+        total_cents,
+        expires_at,
+        tickets: units,
+        changes: reserved.iter().map(|(_, r)| r.change.clone()).collect(),
+        per_account_limit: program.per_account_limit,
+        idempotency: IdempotentResult {
+            key: idem_key.to_string(),
+            request_hash,
+            status: 201,
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+        },
+    }
+}
+
+impl From<InventoryError> for OrderError {
+    fn from(e: InventoryError) -> Self {
+        OrderError::Actor(ActorError::Inventory(e))
+    }
+}

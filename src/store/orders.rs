@@ -1,0 +1,332 @@
+//! Orders and their tickets. Orders and tickets are partitioned by the order-number gene
+//! (`order_no & 15 == user_id & 15`); every query here names the gene, so a lookup by order number
+//! and a listing by user each touch one partition.
+
+use super::inventory::apply_change_in;
+use super::{PgPool, StoreError};
+use crate::domain::gene;
+use crate::domain::inventory::Change;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use tokio_postgres::error::SqlState;
+
+/// Statuses in which an order holds or owns its tickets.
+pub const LIVE: [&str; 2] = ["pending_payment", "paid"];
+
+/// One ticket of a new order.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    /// The tier.
+    pub ticket_category_id: i64,
+    /// The real-name holder.
+    pub ticket_buyer_id: i64,
+    /// The seat, for seated tiers.
+    pub seat_id: Option<i64>,
+    /// Price in minor units.
+    pub price_cents: i64,
+}
+
+/// The stored answer of an idempotent request.
+#[derive(Debug, Clone)]
+pub struct IdempotentResult {
+    /// The `Idempotency-Key` header.
+    pub key: String,
+    /// Hash of the request body.
+    pub request_hash: Vec<u8>,
+    /// Status to replay.
+    pub status: u16,
+    /// Body to replay, byte for byte.
+    pub body: Vec<u8>,
+}
+
+/// Everything one new order writes, in one transaction (the group-commit writer's job).
+#[derive(Debug, Clone)]
+pub struct PlaceOrder {
+    /// Its number (carries the buyer's gene).
+    pub order_no: i64,
+    /// The buyer.
+    pub user_id: i64,
+    /// The program.
+    pub program_id: i64,
+    /// Sum of the tickets' prices.
+    pub total_cents: i64,
+    /// End of the payment window.
+    pub expires_at: DateTime<Utc>,
+    /// Tickets, in line order.
+    pub tickets: Vec<NewTicket>,
+    /// The actors' reserved changes (seat rows / GA counters) to write with it.
+    pub changes: Vec<Change>,
+    /// Most live tickets the buyer may hold for the program (checked in the transaction).
+    pub per_account_limit: i32,
+    /// The response to store under the request's idempotency key.
+    pub idempotency: IdempotentResult,
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Writes the order inside the writer's transaction. The per-account limit is checked here:
+/// the single writer commits orders one after another, so the count is exact under concurrency.
+pub async fn insert_order_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    o: &PlaceOrder,
+) -> Result<(), StoreError> {
+    let g = gene(o.user_id);
+    let live: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM tickets t JOIN orders o ON o.gene = t.gene AND o.order_no = t.order_no
+             WHERE o.gene = $1 AND o.user_id = $2 AND o.program_id = $3 AND o.status = ANY($4)",
+            &[&g, &o.user_id, &o.program_id, &&LIVE[..]],
+        )
+        .await?
+        .get(0);
+    if live + o.tickets.len() as i64 > i64::from(o.per_account_limit) {
+        return Err(refused(
+            "LIMIT_EXCEEDED",
+            format!(
+                "at most {} tickets per account for this program; you hold {live}",
+                o.per_account_limit
+            ),
+        ));
+    }
+    tx.execute(
+        "INSERT INTO orders (order_no, gene, user_id, program_id, status, total_cents, expires_at)
+         VALUES ($1, $2, $3, $4, 'pending_payment', $5, $6)",
+        &[
+            &o.order_no,
+            &g,
+            &o.user_id,
+            &o.program_id,
+            &o.total_cents,
+            &o.expires_at,
+        ],
+    )
+    .await?;
+    for change in &o.changes {
+        apply_change_in(tx, change).await.map_err(|e| match e {
+            StoreError::Conflict(_) => refused("SEAT_UNAVAILABLE", "a seat was taken meanwhile"),
+            other => other,
+        })?;
+    }
+    insert_tickets(tx, o, g).await?;
+    insert_outbox(tx, o).await?;
+    let idem = &o.idempotency;
+    tx.execute(
+        "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, response_status, response_body)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&o.user_id, &idem.key, &idem.request_hash, &(idem.status as i16), &idem.body],
+    )
+    .await
+    .map_err(|e| match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => refused("IN_FLIGHT", "this Idempotency-Key was used meanwhile"),
+        _ => e.into(),
+    })?;
+    Ok(())
+}
+
+async fn insert_tickets(
+    tx: &deadpool_postgres::Transaction<'_>,
+    o: &PlaceOrder,
+    g: i16,
+) -> Result<(), StoreError> {
+    let lines: Vec<i16> = (1..=o.tickets.len() as i16).collect();
+    let categories: Vec<i64> = o.tickets.iter().map(|t| t.ticket_category_id).collect();
+    let buyers: Vec<i64> = o.tickets.iter().map(|t| t.ticket_buyer_id).collect();
+    let seats: Vec<Option<i64>> = o.tickets.iter().map(|t| t.seat_id).collect();
+    let prices: Vec<i64> = o.tickets.iter().map(|t| t.price_cents).collect();
+    tx.execute(
+        "INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id,
+                              ticket_buyer_id, seat_id, price_cents)
+         SELECT $1, $2, l, $3, $4, c, b, s, p
+         FROM unnest($5::smallint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) AS t(l, c, b, s, p)",
+        &[&o.order_no, &g, &o.user_id, &o.program_id, &lines, &categories, &buyers, &seats, &prices],
+    )
+    .await
+    .map_err(|e| {
+        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+        match (e.code(), constraint) {
+            (Some(c), "buyer_claims_pkey") if *c == SqlState::UNIQUE_VIOLATION => {
+                refused("BUYER_HAS_TICKET", "a ticket buyer already has a live ticket for this program")
+            }
+            (Some(c), _) if *c == SqlState::UNIQUE_VIOLATION => {
+                refused("SEAT_UNAVAILABLE", "a seat is in another live order")
+            }
+            _ => e.into(),
+        }
+    })?;
+    Ok(())
+}
+
+async fn insert_outbox(
+    tx: &deadpool_postgres::Transaction<'_>,
+    o: &PlaceOrder,
+) -> Result<(), StoreError> {
+    let payload = json!({
+        "order_no": o.order_no.to_string(), "user_id": o.user_id, "program_id": o.program_id,
+        "total_cents": o.total_cents, "expires_at": o.expires_at, "tickets": o.tickets.len(),
+    });
+    tx.execute(
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload)
+         VALUES (gen_random_uuid(), 'order-events', $1, 'OrderCreated', $2, $3, $4)",
+        &[&o.order_no.to_string(), &o.order_no, &o.program_id, &payload],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Closes a pending order whose seats a release just freed, in the release's transaction:
+/// `expired` if its payment window has passed, `cancelled` otherwise, with one outbox event.
+/// A no-op for orders already closed (another category's release got there first) or unknown.
+pub async fn close_released_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    order_no: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "WITH closed AS (
+            UPDATE orders SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'cancelled' END,
+                              closed_at = now()
+            WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 AND status = 'pending_payment'
+            RETURNING order_no, user_id, program_id, status)
+         INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload)
+         SELECT gen_random_uuid(), 'order-events', order_no::text,
+                CASE status WHEN 'expired' THEN 'OrderExpired' ELSE 'OrderCancelled' END,
+                order_no, program_id,
+                jsonb_build_object('order_no', order_no::text, 'user_id', user_id, 'status', status)
+         FROM closed",
+        &[&order_no],
+    )
+    .await?;
+    Ok(())
+}
+
+/// An order with its tickets, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    /// 63-bit number, as a string (JSON numbers lose precision past 2^53).
+    pub order_no: String,
+    /// Owner.
+    pub user_id: i64,
+    /// Program.
+    pub program_id: i64,
+    /// `pending_payment`, `paid`, `cancelled`, `expired` or `refunded`.
+    pub status: String,
+    /// Sum of ticket prices.
+    pub total_cents: i64,
+    /// End of the payment window.
+    pub expires_at: DateTime<Utc>,
+    /// Placed at.
+    pub created_at: DateTime<Utc>,
+    /// Tickets in line order.
+    pub tickets: Vec<serde_json::Value>,
+}
+
+/// One order by number (one partition), with its tickets and seats.
+pub async fn find(pool: &PgPool, order_no: i64) -> Result<Option<OrderView>, StoreError> {
+    let client = pool.get().await?;
+    let Some(o) = client
+        .query_opt(
+            "SELECT user_id, program_id, status, total_cents, expires_at, created_at FROM orders
+             WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
+            &[&order_no],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let tickets = client
+        .query(
+            "SELECT t.ticket_buyer_id, t.ticket_category_id, t.price_cents, s.id, s.row_no, s.col_no
+             FROM tickets t LEFT JOIN seats s ON s.id = t.seat_id
+             WHERE t.gene = ($1::bigint & 15)::smallint AND t.order_no = $1 ORDER BY t.line_no",
+            &[&order_no],
+        )
+        .await?;
+    Ok(Some(OrderView {
+        order_no: order_no.to_string(),
+        user_id: o.get(0),
+        program_id: o.get(1),
+        status: o.get(2),
+        total_cents: o.get(3),
+        expires_at: o.get(4),
+        created_at: o.get(5),
+        tickets: tickets
+            .iter()
+            .map(|t| {
+                let seat = t.get::<_, Option<i64>>(3).map(|id| json!({"id": id, "row": t.get::<_, i32>(4), "col": t.get::<_, i32>(5)}));
+                json!({"ticket_buyer_id": t.get::<_, i64>(0), "ticket_category_id": t.get::<_, i64>(1),
+                       "price_cents": t.get::<_, i64>(2), "seat": seat})
+            })
+            .collect(),
+    }))
+}
+
+/// The categories an order has tickets in (to address their actors).
+pub async fn categories_of(pool: &PgPool, order_no: i64) -> Result<Vec<i64>, StoreError> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT DISTINCT ticket_category_id FROM tickets
+             WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 ORDER BY 1",
+            &[&order_no],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A page of the user's orders, newest first (one partition).
+pub async fn list_for_user(
+    pool: &PgPool,
+    user_id: i64,
+    status: Option<&str>,
+    page: u32,
+    per_page: u32,
+) -> Result<(Vec<serde_json::Value>, i64), StoreError> {
+    let offset = i64::from(page.max(1) - 1) * i64::from(per_page);
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT order_no, program_id, status, total_cents, expires_at, created_at, count(*) OVER ()
+             FROM orders WHERE gene = ($1::bigint & 15)::smallint AND user_id = $1 AND ($2::text IS NULL OR status = $2)
+             ORDER BY created_at DESC, order_no DESC LIMIT $3 OFFSET $4",
+            &[&user_id, &status, &i64::from(per_page), &offset],
+        )
+        .await?;
+    let total = rows.first().map_or(0, |r| r.get(6));
+    let items = rows
+        .iter()
+        .map(|r| {
+            json!({"order_no": r.get::<_, i64>(0).to_string(), "program_id": r.get::<_, i64>(1),
+                   "status": r.get::<_, String>(2), "total_cents": r.get::<_, i64>(3),
+                   "expires_at": r.get::<_, DateTime<Utc>>(4), "created_at": r.get::<_, DateTime<Utc>>(5)})
+        })
+        .collect();
+    Ok((items, total))
+}
+
+/// Records an attempt that took seats but could not be completed (admin "discarded orders").
+pub async fn record_discarded(
+    pool: &PgPool,
+    o: &PlaceOrder,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let tickets: Vec<serde_json::Value> = o
+        .tickets
+        .iter()
+        .map(|t| json!({"ticket_category_id": t.ticket_category_id, "ticket_buyer_id": t.ticket_buyer_id, "seat_id": t.seat_id, "price_cents": t.price_cents}))
+        .collect();
+    pool.get()
+        .await?
+        .execute(
+            "INSERT INTO discarded_orders (order_no, user_id, program_id, reason, tickets) VALUES ($1, $2, $3, $4, $5)",
+            &[&o.order_no, &o.user_id, &o.program_id, &reason, &json!(tickets)],
+        )
+        .await?;
+    Ok(())
+}
