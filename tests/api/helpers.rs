@@ -435,3 +435,51 @@ pub fn actor_settings() -> boxoffice::config::ActorSettings {
         reservation_timeout_ms: 30_000,
     }
 }
+
+/// A buyer account made straight in the database, with a token minted by the server's key.
+pub struct Buyer {
+    /// Bearer token.
+    pub token: String,
+    /// Its ticket buyers' ids.
+    pub buyers: Vec<i64>,
+}
+
+/// `n` accounts, each with `holders` ticket buyers: fast enough for races of hundreds (the
+/// accounts API has its own tests).
+pub async fn mint_buyers(pg: &PgPool, settings: &Settings, n: usize, holders: usize) -> Vec<Buyer> {
+    use boxoffice::store::users::{NewTicketBuyer, ensure_ticket_buyer};
+    let keys = boxoffice::auth::TokenKeys::new(&settings.secrets.jwt_key, 3600);
+    let cipher =
+        boxoffice::crypto::IdNumberCipher::new(settings.secrets.id_number_key_bytes().unwrap());
+    let client = pg.get().await.unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO users (password_hash) VALUES ('x') RETURNING id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        client
+            .execute("INSERT INTO user_roles VALUES ($1, 'buyer')", &[&id])
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for h in 0..holders {
+            let number = format!("P{id:07}{h}");
+            let holder = NewTicketBuyer {
+                name: "Holder",
+                id_type: "passport",
+                id_number: &number,
+            };
+            ids.push(ensure_ticket_buyer(pg, &cipher, id, holder).await.unwrap());
+        }
+        let (token, _) = keys
+            .issue(id, vec!["buyer".into()], chrono::Utc::now())
+            .unwrap();
+        out.push(Buyer { token, buyers: ids });
+    }
+    out
+}

@@ -8,6 +8,7 @@ mod actor_timers;
 mod actors;
 mod bench;
 mod catalog;
+mod crash;
 mod limits;
 mod ops;
 mod orders;

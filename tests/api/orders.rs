@@ -2,56 +2,14 @@
 //! pruning. Buyers are created straight in the database with tokens minted by the server's own
 //! key (the accounts API has its own tests), so races of hundreds of buyers start fast.
 
-use crate::helpers::{TestApp, signed_in_admin, spawn_app, spawn_app_with};
-use boxoffice::auth::TokenKeys;
-use boxoffice::crypto::IdNumberCipher;
-use boxoffice::store::users::{NewTicketBuyer, ensure_ticket_buyer};
+use crate::helpers::{Buyer, TestApp, mint_buyers, signed_in_admin, spawn_app, spawn_app_with};
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 
-struct Buyer {
-    token: String,
-    buyers: Vec<i64>,
-}
-
-/// `n` accounts, each with `holders` ticket buyers and a valid token.
+/// `n` accounts with `holders` ticket buyers each, for this app.
 async fn buyers(app: &TestApp, n: usize, holders: usize) -> Vec<Buyer> {
-    let keys = TokenKeys::new(&app.settings.secrets.jwt_key, 3600);
-    let cipher = IdNumberCipher::new(app.settings.secrets.id_number_key_bytes().unwrap());
-    let client = app.pg.get().await.unwrap();
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id: i64 = client
-            .query_one(
-                "INSERT INTO users (password_hash) VALUES ('x') RETURNING id",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        client
-            .execute("INSERT INTO user_roles VALUES ($1, 'buyer')", &[&id])
-            .await
-            .unwrap();
-        let mut ids = Vec::new();
-        for h in 0..holders {
-            let number = format!("P{id:07}{h}");
-            let holder = NewTicketBuyer {
-                name: "Holder",
-                id_type: "passport",
-                id_number: &number,
-            };
-            ids.push(
-                ensure_ticket_buyer(&app.pg, &cipher, id, holder)
-                    .await
-                    .unwrap(),
-            );
-        }
-        let (token, _) = keys.issue(id, vec!["buyer".into()], Utc::now()).unwrap();
-        out.push(Buyer { token, buyers: ids });
-    }
-    out
+    mint_buyers(&app.pg, &app.settings, n, holders).await
 }
 
 /// A program on sale: "Front" 4×5 seats at 500.00, "Floor" 30 GA at 200.00.

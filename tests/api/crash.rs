@@ -1,0 +1,179 @@
+//! Durable before acknowledged (invariant 4), shown with a real crash: the `boxoffice` binary
+//! serves a stream of orders, gets `kill -9`, starts again, and every order that got a 201 is in
+//! Postgres with its seats, no seat is in two orders, and the actors agree with Postgres.
+
+use crate::helpers::{TestDb, create_program, mint_buyers, test_settings};
+use boxoffice::config::Settings;
+use boxoffice::store::catalog::Layout;
+use boxoffice::store::postgres;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary with this test's database, prefixes and port (no config file).
+fn start_server(settings: &Settings, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        .arg("serve")
+        .env("BOXOFFICE_CONFIG", "/nonexistent/boxoffice.toml")
+        .env(
+            "BOXOFFICE__DATABASE__URL",
+            settings.database.url.expose_secret(),
+        )
+        .env("BOXOFFICE__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+        .env(
+            "BOXOFFICE__PULSAR__TOPIC_PREFIX",
+            &settings.pulsar.topic_prefix,
+        )
+        .env("BOXOFFICE__SERVER__PORT", port.to_string())
+        .env("BOXOFFICE__RATE_LIMIT__ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the boxoffice binary")
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str) {
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {base} never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_order_survives_kill_9() {
+    let (_db, pool, _) = TestDb::migrated().await;
+    let settings = test_settings(&_db.name);
+    let (program, cats) = create_program(
+        &pool,
+        "crash",
+        &[(
+            "Seated",
+            10_000,
+            Layout::Seated {
+                rows: 20,
+                seats_per_row: 20,
+            },
+        )],
+    )
+    .await;
+    let crowd = mint_buyers(&pool, &settings, 40, 1).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut server = start_server(&settings, port);
+    wait_healthy(&http, &base).await;
+
+    // 40 buyers order one seat each, as fast as they can; 201s are recorded as they arrive.
+    let acknowledged = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let clients: Vec<_> = crowd
+        .into_iter()
+        .enumerate()
+        .map(|(i, buyer)| {
+            let (http, base, acked) = (http.clone(), base.clone(), acknowledged.clone());
+            let body = json!({"program_id": program, "ticket_buyer_ids": buyer.buyers, "ticket_category_id": cats[0], "quantity": 1});
+            tokio::spawn(async move {
+                let r = http
+                    .post(format!("{base}/api/v1/orders"))
+                    .bearer_auth(&buyer.token)
+                    .header("Idempotency-Key", format!("crash-{i}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                if let Ok(r) = r
+                    && r.status() == 201
+                    && let Ok(v) = r.json::<Value>().await
+                {
+                    let no = v["order_no"].as_str().and_then(|s| s.parse().ok()).unwrap();
+                    acked.lock().unwrap().push(no);
+                }
+            })
+        })
+        .collect();
+    // Kill as soon as some orders are acknowledged, while others are still in flight.
+    for _ in 0..1000 {
+        if acknowledged.lock().unwrap().len() >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill().expect("kill -9");
+    let _ = server.wait();
+    futures::future::join_all(clients).await;
+    let acked = acknowledged.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 10,
+        "the stream never got going: {} acknowledged",
+        acked.len()
+    );
+
+    let mut restarted = start_server(&settings, port);
+    wait_healthy(&http, &base).await;
+    let check = postgres::connect(&settings.database).await.unwrap();
+    let client = check.get().await.unwrap();
+    for order_no in &acked {
+        let row = client
+            .query_one(
+                "SELECT o.status, count(t.*), count(s.id) FILTER (WHERE s.order_no = o.order_no AND s.status = 'held')
+                 FROM orders o JOIN tickets t ON t.gene = o.gene AND t.order_no = o.order_no
+                 JOIN seats s ON s.id = t.seat_id
+                 WHERE o.gene = ($1::bigint & 15)::smallint AND o.order_no = $1 GROUP BY o.status",
+                &[order_no],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged order {order_no} is missing: {e}"));
+        assert_eq!(row.get::<_, &str>(0), "pending_payment");
+        assert_eq!(
+            (row.get::<_, i64>(1), row.get::<_, i64>(2)),
+            (1, 1),
+            "order {order_no} lost its seat"
+        );
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'held'), count(DISTINCT order_no) FILTER (WHERE status = 'held'),
+                    count(*) FILTER (WHERE status = 'available')
+             FROM seats WHERE ticket_category_id = $1",
+            &[&cats[0]],
+        )
+        .await
+        .unwrap();
+    let (held, orders, available): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        held, orders,
+        "a seat is in two orders, or an order has two seats"
+    );
+    assert!(held >= acked.len() as i64);
+    let detail: Value = http
+        .get(format!("{base}/api/v1/programs/{program}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        detail["ticket_categories"][0]["remaining"], available,
+        "actor and Postgres disagree"
+    );
+    restarted.kill().unwrap();
+    let _ = restarted.wait();
+}
