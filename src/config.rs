@@ -68,6 +68,13 @@ pub struct WriterConfig {
     pub max_wait_ms: u64,
     /// Changes queued before submitters wait.
     pub queue: usize,
+    /// Writer tasks; keep 1 (see `WriterSettings::writers`).
+    #[serde(default = "one")]
+    pub writers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl WriterConfig {
@@ -77,6 +84,7 @@ impl WriterConfig {
             max_batch: self.max_batch.max(1),
             max_wait: Duration::from_millis(self.max_wait_ms),
             queue: self.queue.max(1),
+            writers: self.writers.max(1),
         }
     }
 }

@@ -75,6 +75,25 @@ enum BenchCommand {
         #[arg(long, default_value = "bench-results/seat-hold.json")]
         out: PathBuf,
     },
+    /// Buyers race over HTTP for one hot seated category until sold out: group commit vs one
+    /// transaction per order, plus the trivial-endpoint ceiling, alternating rounds.
+    Ordering {
+        /// Buyers racing (one seat each).
+        #[arg(long, default_value_t = 2_000)]
+        buyers: usize,
+        /// Rows of 40 seats in the hot category.
+        #[arg(long, default_value_t = 25)]
+        rows: i32,
+        /// Rounds per mode.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "bench-results/ordering.json")]
+        out: PathBuf,
+    },
     /// Program detail and list over HTTP: a server with a warm cache vs one with caching
     /// disabled, alternating rounds, on a scratch copy of the demo data.
     Catalog {
@@ -186,6 +205,27 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
             anyhow::ensure!(
                 report.valid,
                 "a run broke an invariant; the results are invalid"
+            );
+        }
+        BenchCommand::Ordering {
+            buyers,
+            rows,
+            rounds,
+            concurrency,
+            out,
+        } => {
+            let opts = bench::ordering::Options {
+                buyers,
+                rows,
+                rounds,
+                concurrency,
+                ..Default::default()
+            };
+            let report = bench::ordering::run(&settings, &opts).await?;
+            publish(&out, &report, &bench::ordering::render(&report))?;
+            anyhow::ensure!(
+                report.valid,
+                "a round broke an invariant; the results are invalid"
             );
         }
         BenchCommand::Catalog {

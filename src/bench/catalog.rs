@@ -3,16 +3,13 @@
 //! alternating rounds. Both servers run in this process on the same scratch database
 //! (`<database>_bench_catalog`, migrated and seeded with the demo data), with rate limits off.
 
-use super::{Latencies, admin_execute, ratio};
+use super::{Latencies, Scratch, Server, ratio};
 use crate::config::Settings;
-use crate::store::postgres::pg_config;
 use crate::{seed, store};
-use secrecy::SecretString;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -65,84 +62,27 @@ pub struct Run {
     pub p99_us: u32,
 }
 
-/// A server of this process.
-struct Server {
-    base: String,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    /// Stops accepting, lets requests finish and waits until its pool is closed.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        if let Ok(Err(e)) = self.task.await {
-            tracing::warn!(error = %e, "benchmark server stopped with an error");
-        }
-    }
-}
-
-async fn start_server(mut settings: Settings, cache: bool, prefix: &str) -> anyhow::Result<Server> {
-    settings.cache.enabled = cache;
-    settings.rate_limit.enabled = false;
-    settings.redis.key_prefix = prefix.to_string();
-    settings.server.port = 0;
-    let listener = tokio::net::TcpListener::bind(settings.bind_address()).await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(crate::serve(settings, listener, async {
-        let _ = stopped.await;
-    }));
-    Ok(Server { base, stop, task })
-}
-
-/// Creates and seeds the scratch database; returns settings pointing at it.
-async fn scratch(
-    settings: &Settings,
-) -> anyhow::Result<(Settings, tokio_postgres::Config, String, i64)> {
-    let config = pg_config(&settings.database)?;
-    let database = format!(
-        "{}_bench_catalog",
-        config.get_dbname().unwrap_or("boxoffice")
-    );
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    admin_execute(
-        &admin,
-        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-    )
-    .await?;
-    admin_execute(&admin, &format!("CREATE DATABASE {database}")).await?;
-    let mut bench = settings.clone();
-    let url = settings_url_with_db(settings, &database);
-    bench.database.url = SecretString::from(url);
-    let pool = store::postgres::connect(&bench.database).await?;
-    store::postgres::migrate(&pool).await?;
-    let demo = seed::seed_demo(&pool, &bench).await?;
+/// Creates the scratch database and seeds the demo data into it.
+async fn scratch(settings: &Settings) -> anyhow::Result<(Scratch, i64)> {
+    let scratch = Scratch::create(settings, "bench_catalog").await?;
+    let pool = store::postgres::connect(&scratch.settings.database).await?;
+    let demo = seed::seed_demo(&pool, &scratch.settings).await?;
+    pool.close();
     let program = *demo
         .program_ids
         .first()
         .ok_or_else(|| anyhow::anyhow!("no demo program"))?;
-    Ok((bench, admin, database, program))
+    Ok((scratch, program))
 }
 
-/// The configured URL with its database name replaced (the path after the last `/`).
-fn settings_url_with_db(settings: &Settings, database: &str) -> String {
-    use secrecy::ExposeSecret;
-    let url = settings.database.url.expose_secret();
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
-    match query {
-        Some(q) => format!("{server}/{database}?{q}"),
-        None => format!("{server}/{database}"),
-    }
+async fn start_server(settings: Settings, cache: bool, prefix: &str) -> anyhow::Result<Server> {
+    Server::start(settings, prefix, |s| s.cache.enabled = cache).await
 }
 
 /// Runs the benchmark; the scratch database is dropped at the end.
 pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> {
-    let (bench, admin, database, program) = scratch(settings).await?;
+    let (scratch, program) = scratch(settings).await?;
+    let bench = scratch.settings.clone();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let warm = start_server(
         bench.clone(),
@@ -194,14 +134,7 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
     for (_, server) in servers {
         server.stop().await;
     }
-    if let Err(e) = admin_execute(
-        &admin,
-        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "benchmark database not dropped");
-    }
+    scratch.remove().await;
     Ok(report(opts, &endpoints.map(|e| e.0), &names, cells))
 }
 
@@ -307,20 +240,4 @@ pub fn render(report: &Report) -> String {
         out += &format!("ratio {k}: {v:.2}\n");
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_database_name_is_replaced_and_parameters_kept() {
-        let mut s = Settings::from_figment(Settings::figment(std::path::Path::new("/nonexistent")))
-            .expect("defaults load");
-        s.database.url = SecretString::from("postgres://u@h:5432/app?sslmode=disable".to_string());
-        assert_eq!(
-            settings_url_with_db(&s, "x"),
-            "postgres://u@h:5432/x?sslmode=disable"
-        );
-    }
 }

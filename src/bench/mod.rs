@@ -5,11 +5,14 @@
 //! - [`seat_hold`] — holding two seats: the category actor against Redis-Lua and two Postgres
 //!   row-lock designs.
 //! - [`catalog`] — program detail and list over HTTP with a warm cache against no cache.
+//! - [`ordering`] — buyers racing over HTTP for a hot category: group commit against one
+//!   transaction per order.
 //!
 //! Shared here: server CPU accounting from `/proc` ([`cpu`]) and latency percentiles.
 
 pub mod catalog;
 pub mod cpu;
+pub mod ordering;
 pub mod seat_hold;
 pub mod targets;
 
@@ -72,6 +75,102 @@ pub(crate) async fn admin_execute(
     Ok(())
 }
 
+/// A scratch database next to the configured one, created afresh (migrated) for a benchmark.
+pub struct Scratch {
+    /// The configured settings, pointing at the scratch database.
+    pub settings: crate::config::Settings,
+    admin: tokio_postgres::Config,
+    name: String,
+}
+
+impl Scratch {
+    /// Drops `<database>_<suffix>` if it exists, creates and migrates it.
+    pub async fn create(
+        settings: &crate::config::Settings,
+        suffix: &str,
+    ) -> anyhow::Result<Scratch> {
+        let config = crate::store::postgres::pg_config(&settings.database)?;
+        let name = format!("{}_{suffix}", config.get_dbname().unwrap_or("boxoffice"));
+        let mut admin = config.clone();
+        admin.dbname("postgres");
+        admin_execute(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .await?;
+        admin_execute(&admin, &format!("CREATE DATABASE {name}")).await?;
+        let mut scratch_settings = settings.clone();
+        scratch_settings.database.url = secrecy::SecretString::from(url_with_db(settings, &name));
+        let pool = crate::store::postgres::connect(&scratch_settings.database).await?;
+        crate::store::postgres::migrate(&pool).await?;
+        pool.close();
+        Ok(Scratch {
+            settings: scratch_settings,
+            admin,
+            name,
+        })
+    }
+
+    /// Drops the database (best effort: the next run recreates it anyway).
+    pub async fn remove(self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = admin_execute(&self.admin, &sql).await {
+            tracing::warn!(error = %e, "benchmark database not dropped");
+        }
+    }
+}
+
+/// The configured URL with its database name replaced (the path after the last `/`).
+fn url_with_db(settings: &crate::config::Settings, database: &str) -> String {
+    use secrecy::ExposeSecret;
+    let url = settings.database.url.expose_secret();
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// A boxoffice server inside this process on a free port (rate limits off).
+pub struct Server {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Starts `settings` after `customize`, under its own Redis prefix.
+    pub async fn start(
+        mut settings: crate::config::Settings,
+        prefix: &str,
+        customize: impl FnOnce(&mut crate::config::Settings),
+    ) -> anyhow::Result<Server> {
+        settings.rate_limit.enabled = false;
+        settings.redis.key_prefix = prefix.to_string();
+        settings.server.port = 0;
+        customize(&mut settings);
+        let listener = tokio::net::TcpListener::bind(settings.bind_address()).await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::serve(settings, listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Server { base, stop, task })
+    }
+
+    /// Stops accepting, lets requests finish and waits until its pool is closed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Ok(Err(e)) = self.task.await {
+            tracing::warn!(error = %e, "benchmark server stopped with an error");
+        }
+    }
+}
+
 /// `a / b`, or 0 when `b` is 0 (a run without throughput has no meaningful ratio).
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
@@ -81,6 +180,20 @@ pub fn ratio(a: f64, b: f64) -> f64 {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_database_name_is_replaced_and_parameters_kept() {
+        let mut s = crate::config::Settings::from_figment(crate::config::Settings::figment(
+            std::path::Path::new("/nonexistent"),
+        ))
+        .expect("defaults load");
+        s.database.url =
+            secrecy::SecretString::from("postgres://u@h:5432/app?sslmode=disable".to_string());
+        assert_eq!(
+            url_with_db(&s, "x"),
+            "postgres://u@h:5432/x?sslmode=disable"
+        );
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

@@ -26,6 +26,10 @@ pub struct WriterSettings {
     pub max_wait: Duration,
     /// Jobs queued before submitters wait (bounded memory under overload).
     pub queue: usize,
+    /// Writer tasks committing in parallel. Production uses 1: the single writer is what makes
+    /// the account limit checked inside its transaction exact. More exist only so the ordering
+    /// benchmark can measure one-transaction-per-order in parallel as its baseline.
+    pub writers: usize,
 }
 
 /// Counters for tests, the admin stream and metrics.
@@ -66,7 +70,10 @@ impl GroupCommitWriter {
     pub fn start(pool: PgPool, settings: WriterSettings) -> Self {
         let (queue, rx) = mpsc::channel(settings.queue.max(1));
         let stats = Arc::new(WriterStats::default());
-        tokio::spawn(run(pool, rx, settings, stats.clone()));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..settings.writers.max(1) {
+            tokio::spawn(run(pool.clone(), rx.clone(), settings, stats.clone()));
+        }
         GroupCommitWriter { queue, stats }
     }
 
@@ -99,14 +106,20 @@ impl GroupCommitWriter {
     }
 }
 
+/// One writer task. The queue's lock is held only while a batch is gathered, so with several
+/// writers one gathers while the others commit.
 async fn run(
     pool: PgPool,
-    mut rx: mpsc::Receiver<Job>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     settings: WriterSettings,
     stats: Arc<WriterStats>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let batch = gather(first, &mut rx, settings).await;
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            gather(first, &mut rx, settings).await
+        };
         commit_batch(&pool, batch, &stats).await;
     }
 }

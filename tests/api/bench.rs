@@ -69,3 +69,24 @@ async fn catalog_bench_compares_a_warm_cache_with_none() {
         assert!(report.ratios[key] > 0.0, "{key}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_bench_sells_out_in_both_modes_without_oversell() {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.name);
+    let opts = boxoffice::bench::ordering::Options {
+        buyers: 60,
+        rows: 1,
+        rounds: 1,
+        concurrency: 8,
+        trivial_secs: 0.2,
+    };
+    let report = boxoffice::bench::ordering::run(&settings, &opts)
+        .await
+        .expect("bench runs");
+    assert!(report.valid, "{report:?}");
+    for r in &report.runs {
+        assert_eq!((r.orders, r.sold_out, r.errors), (40, 20, 0), "{r:?}");
+    }
+    assert!(report.trivial_requests_per_sec > 0.0);
+}

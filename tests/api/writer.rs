@@ -21,6 +21,7 @@ fn settings(max_batch: usize, max_wait_ms: u64) -> WriterSettings {
         max_batch,
         max_wait: Duration::from_millis(max_wait_ms),
         queue: 1024,
+        writers: 1,
     }
 }
 
