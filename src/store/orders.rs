@@ -2,14 +2,11 @@
 //! (`order_no & 15 == user_id & 15`); every query here names the gene, so a lookup by order number
 //! and a listing by user each touch one partition.
 
-use super::inventory::apply_change_in;
 use super::{PgPool, StoreError};
-use crate::domain::gene;
 use crate::domain::inventory::Change;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
-use tokio_postgres::error::SqlState;
 
 /// Statuses in which an order holds or owns its tickets.
 pub const LIVE: [&str; 2] = ["pending_payment", "paid"];
@@ -70,113 +67,80 @@ fn refused(code: &'static str, message: impl Into<String>) -> StoreError {
     }
 }
 
-/// Writes the order inside the writer's transaction. The per-account limit is checked here:
-/// the single writer commits orders one after another, so the count is exact under concurrency.
+/// The one statement that writes an order (see `migrations/V3__place_order.sql`).
+pub const PLACE_ORDER_SQL: &str = "SELECT place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
+/// Writes the order inside the writer's transaction in one round trip; the per-account limit is
+/// checked there too. The single writer commits orders one batch after another, so the count is
+/// exact under concurrency. A refusal leaves nothing behind and the transaction usable.
 pub async fn insert_order_in(
     tx: &deadpool_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
     o: &PlaceOrder,
 ) -> Result<(), StoreError> {
-    let g = gene(o.user_id);
-    let live: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM tickets t JOIN orders o ON o.gene = t.gene AND o.order_no = t.order_no
-             WHERE o.gene = $1 AND o.user_id = $2 AND o.program_id = $3 AND o.status = ANY($4)",
-            &[&g, &o.user_id, &o.program_id, &&LIVE[..]],
-        )
-        .await?
-        .get(0);
-    if live + o.tickets.len() as i64 > i64::from(o.per_account_limit) {
-        return Err(refused(
-            "LIMIT_EXCEEDED",
-            format!(
-                "at most {} tickets per account for this program; you hold {live}",
-                o.per_account_limit
-            ),
-        ));
-    }
-    tx.execute(
-        "INSERT INTO orders (order_no, gene, user_id, program_id, status, total_cents, expires_at)
-         VALUES ($1, $2, $3, $4, 'pending_payment', $5, $6)",
-        &[
-            &o.order_no,
-            &g,
-            &o.user_id,
-            &o.program_id,
-            &o.total_cents,
-            &o.expires_at,
-        ],
-    )
-    .await?;
-    for change in &o.changes {
-        apply_change_in(tx, change).await.map_err(|e| match e {
-            StoreError::Conflict(_) => refused("SEAT_UNAVAILABLE", "a seat was taken meanwhile"),
-            other => other,
-        })?;
-    }
-    insert_tickets(tx, o, g).await?;
-    insert_outbox(tx, o).await?;
-    let idem = &o.idempotency;
-    tx.execute(
-        "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, response_status, response_body)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&o.user_id, &idem.key, &idem.request_hash, &(idem.status as i16), &idem.body],
-    )
-    .await
-    .map_err(|e| match e.code() {
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION => refused("IN_FLIGHT", "this Idempotency-Key was used meanwhile"),
-        _ => e.into(),
-    })?;
-    Ok(())
-}
-
-async fn insert_tickets(
-    tx: &deadpool_postgres::Transaction<'_>,
-    o: &PlaceOrder,
-    g: i16,
-) -> Result<(), StoreError> {
-    let lines: Vec<i16> = (1..=o.tickets.len() as i16).collect();
+    let seat_ids: Vec<i64> = o
+        .changes
+        .iter()
+        .flat_map(|c| c.seats.iter().map(|s| s.id))
+        .collect();
+    let ga: Vec<&Change> = o.changes.iter().filter(|c| c.seats.is_empty()).collect();
+    let ga_categories: Vec<i64> = ga.iter().map(|c| c.category_id).collect();
+    let ga_quantities: Vec<i32> = ga.iter().map(|c| c.quantity as i32).collect();
     let categories: Vec<i64> = o.tickets.iter().map(|t| t.ticket_category_id).collect();
     let buyers: Vec<i64> = o.tickets.iter().map(|t| t.ticket_buyer_id).collect();
     let seats: Vec<Option<i64>> = o.tickets.iter().map(|t| t.seat_id).collect();
     let prices: Vec<i64> = o.tickets.iter().map(|t| t.price_cents).collect();
-    tx.execute(
-        "INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id,
-                              ticket_buyer_id, seat_id, price_cents)
-         SELECT $1, $2, l, $3, $4, c, b, s, p
-         FROM unnest($5::smallint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) AS t(l, c, b, s, p)",
-        &[&o.order_no, &g, &o.user_id, &o.program_id, &lines, &categories, &buyers, &seats, &prices],
-    )
-    .await
-    .map_err(|e| {
-        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
-        match (e.code(), constraint) {
-            (Some(c), "buyer_claims_pkey") if *c == SqlState::UNIQUE_VIOLATION => {
-                refused("BUYER_HAS_TICKET", "a ticket buyer already has a live ticket for this program")
-            }
-            (Some(c), _) if *c == SqlState::UNIQUE_VIOLATION => {
-                refused("SEAT_UNAVAILABLE", "a seat is in another live order")
-            }
-            _ => e.into(),
-        }
-    })?;
-    Ok(())
-}
-
-async fn insert_outbox(
-    tx: &deadpool_postgres::Transaction<'_>,
-    o: &PlaceOrder,
-) -> Result<(), StoreError> {
-    let payload = json!({
+    let event = json!({
         "order_no": o.order_no.to_string(), "user_id": o.user_id, "program_id": o.program_id,
         "total_cents": o.total_cents, "expires_at": o.expires_at, "tickets": o.tickets.len(),
     });
-    tx.execute(
-        "INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload)
-         VALUES (gen_random_uuid(), 'order-events', $1, 'OrderCreated', $2, $3, $4)",
-        &[&o.order_no.to_string(), &o.order_no, &o.program_id, &payload],
-    )
-    .await?;
-    Ok(())
+    let idem = &o.idempotency;
+    let code: String = tx
+        .query_one(
+            statement,
+            &[
+                &o.order_no,
+                &o.user_id,
+                &o.program_id,
+                &o.total_cents,
+                &o.expires_at,
+                &o.per_account_limit,
+                &seat_ids,
+                &ga_categories,
+                &ga_quantities,
+                &categories,
+                &buyers,
+                &seats,
+                &prices,
+                &event,
+                &idem.key,
+                &idem.request_hash,
+                &(idem.status as i16),
+                &idem.body,
+            ],
+        )
+        .await?
+        .get(0);
+    match code.as_str() {
+        "OK" => Ok(()),
+        "LIMIT_EXCEEDED" => Err(refused(
+            "LIMIT_EXCEEDED",
+            format!(
+                "at most {} tickets per account for this program",
+                o.per_account_limit
+            ),
+        )),
+        "SOLD_OUT" => Err(refused("SOLD_OUT", "sold out meanwhile")),
+        "BUYER_HAS_TICKET" => Err(refused(
+            "BUYER_HAS_TICKET",
+            "a ticket buyer already has a live ticket for this program",
+        )),
+        "IN_FLIGHT" => Err(refused(
+            "IN_FLIGHT",
+            "this Idempotency-Key was used meanwhile",
+        )),
+        _ => Err(refused("SEAT_UNAVAILABLE", "a seat was taken meanwhile")),
+    }
 }
 
 /// Closes a pending order whose seats a release just freed, in the release's transaction:

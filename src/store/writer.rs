@@ -8,7 +8,7 @@
 //! Nobody is told "done" before the commit returned: durable before acknowledged.
 
 use super::inventory::{InventoryStore, PgInventoryStore, apply_change_in};
-use super::orders::{PlaceOrder, insert_order_in};
+use super::orders::{PLACE_ORDER_SQL, PlaceOrder, insert_order_in};
 use super::{PgPool, StoreError};
 use crate::domain::inventory::{CategorySpec, Change, LoadedOrder};
 use futures::future::BoxFuture;
@@ -168,42 +168,65 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
     }
 }
 
-/// One transaction; per-job results, or the error that failed the whole batch.
+/// One transaction; per-job results, or the error that failed the whole batch. Change jobs run
+/// one by one under a savepoint each; order jobs are one statement each (refusals handled inside
+/// it), sent pipelined so a batch of orders costs about one round trip.
 async fn write_batch(
     pool: &PgPool,
     batch: &[Job],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        tx.batch_execute("SAVEPOINT job").await?;
-        let result = write_job(&tx, &job.write).await;
-        let end = if result.is_ok() {
-            "RELEASE SAVEPOINT job"
-        } else {
-            "ROLLBACK TO SAVEPOINT job"
-        };
-        tx.batch_execute(end).await?;
-        results.push(result);
+    let mut results: Vec<Option<Result<(), StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    for (i, job) in batch.iter().enumerate() {
+        if let Write::Changes(changes) = &job.write {
+            tx.batch_execute("SAVEPOINT job").await?;
+            let result = write_changes(&tx, changes).await;
+            let end = if result.is_ok() {
+                "RELEASE SAVEPOINT job"
+            } else {
+                "ROLLBACK TO SAVEPOINT job"
+            };
+            tx.batch_execute(end).await?;
+            results[i] = Some(result);
+        }
+    }
+    if batch.iter().any(|j| matches!(j.write, Write::Order(_))) {
+        let statement = tx.prepare_cached(PLACE_ORDER_SQL).await?;
+        let orders = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, job)| match &job.write {
+                Write::Order(order) => Some((i, order)),
+                Write::Changes(_) => None,
+            });
+        let placed = futures::future::join_all(orders.map(|(i, order)| {
+            let (tx, statement) = (&tx, &statement);
+            async move { (i, insert_order_in(tx, statement, order).await) }
+        }))
+        .await;
+        for (i, result) in placed {
+            if let Err(e) = &result
+                && !matches!(e, StoreError::Refused { .. })
+            {
+                // Not a refusal: the transaction is unusable, so the whole batch fails.
+                return Err(StoreError::Postgres(e.to_string()));
+            }
+            results[i] = Some(result);
+        }
     }
     tx.commit().await?;
-    Ok(results)
+    Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
 }
 
-async fn write_job(
+async fn write_changes(
     tx: &deadpool_postgres::Transaction<'_>,
-    write: &Write,
+    changes: &[Change],
 ) -> Result<(), StoreError> {
-    match write {
-        Write::Changes(changes) => {
-            for change in changes {
-                apply_change_in(tx, change).await?;
-            }
-            Ok(())
-        }
-        Write::Order(order) => insert_order_in(tx, order).await,
+    for change in changes {
+        apply_change_in(tx, change).await?;
     }
+    Ok(())
 }
 
 /// The actors' store in production: loads like [`PgInventoryStore`], writes through the
