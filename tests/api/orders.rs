@@ -469,3 +469,53 @@ async fn lookups_by_order_number_and_by_user_touch_one_partition() {
         assert_eq!(partitions.len(), 1, "{sql}\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_failed_commit_answers_503_releases_the_seats_and_records_a_discarded_order() {
+    let app = spawn_app().await;
+    let (program, _, _) = on_sale(&app, 2, 2).await;
+    let b = &buyers(&app, 1, 1).await[0];
+    let seats = seat_ids(&app, program).await;
+    // Postgres refuses every outbox row for a while: the order's transaction cannot commit.
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'disk on fire' USING ERRCODE = 'XX000'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers, "seats": [{"seat_id": seats[5].0, "price_cents": 50_000}]});
+    let r = order(&app, &b.token, "doomed", &body).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(code(r).await.1, "ORDER_NOT_DURABLE");
+
+    let client = app.pg.get().await.unwrap();
+    let discarded = client
+        .query_one("SELECT reason, tickets FROM discarded_orders", &[])
+        .await
+        .unwrap();
+    assert!(discarded.get::<_, String>(0).contains("disk on fire"));
+    assert_eq!(discarded.get::<_, Value>(1)[0]["seat_id"], seats[5].0);
+    let orders: i64 = client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, 0);
+
+    client
+        .batch_execute("DROP TRIGGER refuse ON outbox")
+        .await
+        .unwrap();
+    let retry = order(&app, &b.token, "doomed", &body).await;
+    assert_eq!(
+        retry.status(),
+        201,
+        "the seat was released and the key not spent"
+    );
+}

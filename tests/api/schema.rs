@@ -13,7 +13,13 @@ async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
     let pool = postgres::connect(&settings.database).await.unwrap();
     let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .unwrap()
-        .filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().starts_with('V'))
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('V')
+        })
         .count();
     assert_eq!(
         postgres::migrate(&pool).await.unwrap(),
