@@ -227,6 +227,15 @@ impl CategoryActor {
 
     fn settle(&mut self, order: OrderNo, committed: bool, ctx: &mut Context<Self>) -> bool {
         let Some((change, timer)) = self.reserved.remove(&order) else {
+            if committed && self.inv.stage(order).is_none() {
+                // The reservation was abandoned (timed out), yet its order committed: memory no
+                // longer matches Postgres. Stop; the supervisor reloads the truth on the next call.
+                tracing::error!(
+                    order_no = order,
+                    "an abandoned reservation was committed; reloading the category"
+                );
+                ctx.stop();
+            }
             return false;
         };
         ctx.cancel_future(timer);

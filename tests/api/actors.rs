@@ -793,3 +793,65 @@ async fn unloaded_actor_keeps_its_holds_in_postgres() {
     assert_eq!(stats.totals.holds, 0, "a fresh actor, loaded from Postgres");
     assert_eq!(stats.armed_timers, 1, "its hold timer re-armed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_committed_after_it_was_abandoned_makes_the_actor_reload() {
+    use boxoffice::actors::{Reserve, Settle};
+    let mut settings = actor_settings();
+    settings.reservation_timeout_ms = 50;
+    let rig = rig_with(settings).await;
+    let reserved = rig
+        .supervisor
+        .call(
+            rig.seated,
+            Reserve(hold(9, Selection::Best(2), Duration::minutes(15))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let sup = rig.supervisor.clone();
+    let seated = rig.seated;
+    let mut abandoned = false;
+    for _ in 0..250 {
+        let stats = sup.call(seated, GetStats).await.unwrap();
+        if stats.counts.held == 0 {
+            abandoned = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(abandoned, "the unsettled reservation was never released");
+    // The slow transaction commits after all.
+    rig.store
+        .inner
+        .apply(reserved.change.clone())
+        .await
+        .unwrap();
+    let settled = rig
+        .supervisor
+        .call(
+            rig.seated,
+            Settle {
+                order_no: 9,
+                committed: true,
+            },
+        )
+        .await;
+    assert!(
+        matches!(settled, Ok(false) | Err(ActorError::Restarted)),
+        "nothing was pending any more, and the actor stops to reload: {settled:?}"
+    );
+    // A call racing the stop may still see the old actor go away (Restarted); reads just retry.
+    let mut stats = rig.supervisor.call(rig.seated, GetStats).await;
+    for _ in 0..3 {
+        if stats.is_ok() {
+            break;
+        }
+        stats = rig.supervisor.call(rig.seated, GetStats).await;
+    }
+    assert_eq!(
+        stats.unwrap().counts.held,
+        2,
+        "the reloaded actor shows what Postgres has"
+    );
+}
