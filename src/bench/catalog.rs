@@ -3,13 +3,12 @@
 //! alternating rounds. Both servers run in this process on the same scratch database
 //! (`<database>_bench_catalog`, migrated and seeded with the demo data), with rate limits off.
 
-use super::{Latencies, Scratch, Server, ratio};
+use super::{HttpLoad, Latencies, Scratch, Server, get_load, ratio};
 use crate::config::Settings;
 use crate::{seed, store};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -115,7 +114,12 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
             for k in 0..servers.len() {
                 let s = (k + round) % servers.len();
                 let url = format!("{}{path}", servers[s].1.base);
-                let (ok, errors, secs, lat) = hammer(&client, &url, opts).await;
+                let HttpLoad {
+                    ok,
+                    errors,
+                    secs,
+                    latencies: lat,
+                } = get_load(&client, &url, opts.concurrency, opts.round).await;
                 eprintln!(
                     "round {} {endpoint:<6} cache={:<8} {:>9.0} req/s",
                     round + 1,
@@ -136,48 +140,6 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
     }
     scratch.remove().await;
     Ok(report(opts, &endpoints.map(|e| e.0), &names, cells))
-}
-
-/// `opts.concurrency` clients GET `url` back to back for one round.
-async fn hammer(client: &reqwest::Client, url: &str, opts: &Options) -> (u64, u64, f64, Latencies) {
-    let deadline = Instant::now() + opts.round;
-    let started = Instant::now();
-    let url: Arc<str> = url.into();
-    let tasks: Vec<_> = (0..opts.concurrency)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut errors, mut lat) = (0u64, 0u64, Latencies::default());
-                while Instant::now() < deadline {
-                    let t0 = Instant::now();
-                    if fetch(&client, &url).await {
-                        ok += 1;
-                        lat.record(t0.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (ok, errors, lat)
-            })
-        })
-        .collect();
-    let (mut ok, mut errors, mut lat) = (0, 0, Latencies::default());
-    for t in tasks {
-        if let Ok((o, e, l)) = t.await {
-            ok += o;
-            errors += e;
-            lat.merge(l);
-        }
-    }
-    (ok, errors, started.elapsed().as_secs_f64(), lat)
-}
-
-/// One GET with its whole body read; true on a 2xx.
-async fn fetch(client: &reqwest::Client, url: &str) -> bool {
-    match client.get(url).send().await {
-        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-        _ => false,
-    }
 }
 
 type Cells = BTreeMap<(usize, usize), (u64, u64, f64, Latencies)>;

@@ -89,9 +89,21 @@ impl Scratch {
         settings: &crate::config::Settings,
         suffix: &str,
     ) -> anyhow::Result<Scratch> {
+        let scratch = Scratch::empty(settings, suffix).await?;
+        let pool = crate::store::postgres::connect(&scratch.settings.database).await?;
+        crate::store::postgres::migrate(&pool).await?;
+        pool.close();
+        Ok(scratch)
+    }
+
+    /// Drops `<database>_<suffix>` if it exists and creates it empty (no migrations).
+    pub async fn empty(
+        settings: &crate::config::Settings,
+        suffix: &str,
+    ) -> anyhow::Result<Scratch> {
         let config = crate::store::postgres::pg_config(&settings.database)?;
         let name = format!("{}_{suffix}", config.get_dbname().unwrap_or("boxoffice"));
-        let mut admin = config.clone();
+        let mut admin = config;
         admin.dbname("postgres");
         admin_execute(
             &admin,
@@ -101,9 +113,6 @@ impl Scratch {
         admin_execute(&admin, &format!("CREATE DATABASE {name}")).await?;
         let mut scratch_settings = settings.clone();
         scratch_settings.database.url = secrecy::SecretString::from(url_with_db(settings, &name));
-        let pool = crate::store::postgres::connect(&scratch_settings.database).await?;
-        crate::store::postgres::migrate(&pool).await?;
-        pool.close();
         Ok(Scratch {
             settings: scratch_settings,
             admin,
@@ -112,11 +121,76 @@ impl Scratch {
     }
 
     /// Drops the database (best effort: the next run recreates it anyway).
-    pub async fn remove(self) {
+    pub async fn remove(&self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         if let Err(e) = admin_execute(&self.admin, &sql).await {
             tracing::warn!(error = %e, "benchmark database not dropped");
         }
+    }
+}
+
+/// What `concurrency` clients GETting one URL back to back for a while achieved.
+pub struct HttpLoad {
+    /// 2xx answers with their bodies read.
+    pub ok: u64,
+    /// Other answers and transport errors.
+    pub errors: u64,
+    /// Measured seconds.
+    pub secs: f64,
+    /// Latencies of the successful requests.
+    pub latencies: Latencies,
+}
+
+/// `concurrency` clients GET `url` back to back for `duration`.
+pub async fn get_load(
+    client: &reqwest::Client,
+    url: &str,
+    concurrency: usize,
+    duration: std::time::Duration,
+) -> HttpLoad {
+    let deadline = std::time::Instant::now() + duration;
+    let started = std::time::Instant::now();
+    let url: std::sync::Arc<str> = url.into();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut errors, mut lat) = (0u64, 0u64, Latencies::default());
+                while std::time::Instant::now() < deadline {
+                    let t0 = std::time::Instant::now();
+                    if fetch(&client, &url).await {
+                        ok += 1;
+                        lat.record(t0.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (ok, errors, lat)
+            })
+        })
+        .collect();
+    let mut load = HttpLoad {
+        ok: 0,
+        errors: 0,
+        secs: 0.0,
+        latencies: Latencies::default(),
+    };
+    for t in tasks {
+        if let Ok((ok, errors, lat)) = t.await {
+            load.ok += ok;
+            load.errors += errors;
+            load.latencies.merge(lat);
+        }
+    }
+    load.secs = started.elapsed().as_secs_f64();
+    load
+}
+
+/// One GET with its whole body read; true on a 2xx.
+async fn fetch(client: &reqwest::Client, url: &str) -> bool {
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+        _ => false,
     }
 }
 

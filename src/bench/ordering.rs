@@ -5,7 +5,7 @@
 //! same server's requests/s on a trivial JSON endpoint (`/healthz`) is measured as the HTTP
 //! ceiling.
 
-use super::{Latencies, Scratch, Server, ratio};
+use super::{Latencies, Scratch, Server, get_load, ratio};
 use crate::auth::TokenKeys;
 use crate::config::Settings;
 use crate::crypto::IdNumberCipher;
@@ -356,31 +356,9 @@ async fn check(
 
 /// Requests/s of `GET /healthz`: what this server does when the handler does nothing.
 async fn trivial_rps(http: &reqwest::Client, base: &str, opts: &Options) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs_f64(opts.trivial_secs);
-    let started = Instant::now();
-    let url: Arc<str> = format!("{base}/healthz").into();
-    let tasks: Vec<_> = (0..opts.concurrency)
-        .map(|_| {
-            let (http, url) = (http.clone(), url.clone());
-            tokio::spawn(async move {
-                let mut ok = 0u64;
-                while Instant::now() < deadline {
-                    if let Ok(r) = http.get(&*url).send().await
-                        && r.status().is_success()
-                        && r.bytes().await.is_ok()
-                    {
-                        ok += 1;
-                    }
-                }
-                ok
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        ok += t.await.unwrap_or(0);
-    }
-    ratio(ok as f64, started.elapsed().as_secs_f64())
+    let duration = Duration::from_secs_f64(opts.trivial_secs);
+    let load = get_load(http, &format!("{base}/healthz"), opts.concurrency, duration).await;
+    ratio(load.ok as f64, load.secs)
 }
 
 #[derive(Default)]

@@ -2,7 +2,7 @@
 //! category (`seats` seats, ids `1..=seats`, one price) and can reset it to all-available between
 //! rounds, hold a pair for an order, and check its own invariants afterwards.
 
-use super::admin_execute;
+use super::Scratch;
 use crate::actors::{ActorError, GetStats, Hold, Selection, Supervisor};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -295,8 +295,7 @@ impl HoldTarget for RedisLuaTarget {
 /// CHECKs and indexes) and a category row with a remaining counter.
 pub struct PgBench {
     pool: PgPool,
-    admin: tokio_postgres::Config,
-    database: String,
+    scratch: Scratch,
     seats: u32,
 }
 
@@ -328,20 +327,9 @@ impl PgBench {
         seats: u32,
         connections: usize,
     ) -> anyhow::Result<Arc<Self>> {
-        let config = pg_config(&settings.database)?;
-        let database = format!("{}_bench", config.get_dbname().unwrap_or("boxoffice"));
-        let mut admin = config.clone();
-        admin.dbname("postgres");
-        admin_execute(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE); "),
-        )
-        .await?;
-        admin_execute(&admin, &format!("CREATE DATABASE {database}")).await?;
-        let mut bench_config = config;
-        bench_config.dbname(&database);
+        let scratch = Scratch::empty(settings, "bench").await?;
         let pool = pool_from_config(
-            bench_config,
+            pg_config(&scratch.settings.database)?,
             connections,
             settings.database.connect_timeout(),
         )?;
@@ -363,8 +351,7 @@ impl PgBench {
             .await?;
         Ok(Arc::new(PgBench {
             pool,
-            admin,
-            database,
+            scratch,
             seats,
         }))
     }
@@ -372,10 +359,7 @@ impl PgBench {
     /// Drops the scratch database (best effort: it is recreated on the next run anyway).
     pub async fn drop_database(&self) {
         self.pool.close();
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-        if let Err(e) = admin_execute(&self.admin, &sql).await {
-            tracing::warn!(error = %e, "could not drop the benchmark database");
-        }
+        self.scratch.remove().await;
     }
 
     async fn reset(&self) -> anyhow::Result<()> {
