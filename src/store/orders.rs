@@ -8,9 +8,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-/// Statuses in which an order holds or owns its tickets.
-pub const LIVE: [&str; 2] = ["pending_payment", "paid"];
-
 /// One ticket of a new order.
 #[derive(Debug, Clone)]
 pub struct NewTicket {

@@ -5,7 +5,8 @@
 
 use crate::helpers::{TestDb, actor_settings, create_program};
 use boxoffice::actors::{
-    ActorError, Crash, GetSnapshot, GetStats, Hold, Selection, Supervisor, Transition, hold_all,
+    ActorError, CategorySnapshot, Crash, GetSnapshot, GetStats, Hold, Selection, Supervisor,
+    Transition, hold_all,
 };
 use boxoffice::clock::SystemClock;
 use boxoffice::domain::inventory::{
@@ -101,6 +102,13 @@ async fn rig_with(settings: boxoffice::config::ActorSettings) -> Rig {
     }
 }
 
+impl Rig {
+    /// The category's seat map, asked of its actor.
+    async fn snapshot(&self, category: i64) -> Arc<CategorySnapshot> {
+        self.supervisor.call(category, GetSnapshot).await.unwrap()
+    }
+}
+
 fn hold(order_no: i64, selection: Selection, expires_in: Duration) -> Hold {
     Hold {
         order_no,
@@ -170,7 +178,7 @@ impl Model {
 }
 
 async fn assert_actor_matches(rig: &Rig, model: &Model, step: usize, seed: u64) {
-    let snap = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let snap = rig.snapshot(rig.seated).await;
     for (seat, status) in snap.seats.iter().zip(&snap.statuses) {
         assert_eq!(
             *status,
@@ -185,12 +193,7 @@ async fn assert_actor_matches(rig: &Rig, model: &Model, step: usize, seed: u64) 
         (ROWS * COLS) as u32,
         "seated counts at step {step} (seed {seed})"
     );
-    let ga = rig
-        .supervisor
-        .call(rig.ga, GetSnapshot)
-        .await
-        .unwrap()
-        .counts;
+    let ga = rig.snapshot(rig.ga).await.counts;
     assert_eq!(
         ga.available + ga.held + ga.sold,
         GA_CAPACITY,
@@ -264,10 +267,8 @@ async fn simulation_actor_agrees_with_model_and_postgres() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = Model::default();
     let seat_ids: Vec<i64> = rig
-        .supervisor
-        .call(rig.seated, GetSnapshot)
+        .snapshot(rig.seated)
         .await
-        .unwrap()
         .seats
         .iter()
         .map(|s| s.id)
@@ -457,7 +458,7 @@ async fn hold_best(rig: &Rig, model: &mut Model, rng: &mut StdRng, order: i64, s
 }
 
 async fn row_fits(model: &Model, rig: &Rig, quantity: u32) -> bool {
-    let snap = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let snap = rig.snapshot(rig.seated).await;
     snap.seats.chunks(COLS as usize).any(|row| {
         let mut run = 0;
         row.iter().any(|s| {
@@ -526,13 +527,8 @@ async fn restarted_actor_has_identical_state() {
             .await
             .unwrap();
     }
-    let before = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
-    let ga_before = rig
-        .supervisor
-        .call(rig.ga, GetSnapshot)
-        .await
-        .unwrap()
-        .counts;
+    let before = rig.snapshot(rig.seated).await;
+    let ga_before = rig.snapshot(rig.ga).await.counts;
 
     assert_eq!(
         rig.supervisor.call(rig.seated, Crash("test".into())).await,
@@ -543,17 +539,10 @@ async fn restarted_actor_has_identical_state() {
         Err(ActorError::Restarted)
     );
 
-    let after = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let after = rig.snapshot(rig.seated).await;
     assert_eq!(after.statuses, before.statuses);
     assert_eq!(after.counts, before.counts);
-    assert_eq!(
-        rig.supervisor
-            .call(rig.ga, GetSnapshot)
-            .await
-            .unwrap()
-            .counts,
-        ga_before
-    );
+    assert_eq!(rig.snapshot(rig.ga).await.counts, ga_before);
     let stats = rig.supervisor.call(rig.seated, GetStats).await.unwrap();
     assert_eq!(
         stats.armed_timers, 3,
@@ -592,7 +581,7 @@ async fn concurrent_holds_never_share_a_seat_and_stop_at_capacity() {
         }
     }
     assert!(seats.len() <= (ROWS * COLS) as usize);
-    let snap = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let snap = rig.snapshot(rig.seated).await;
     assert_eq!(snap.counts.held as usize, seats.len());
 }
 
@@ -655,13 +644,7 @@ async fn multi_category_hold_rolls_back_everything_on_refusal() {
     let rig = rig().await;
     let order = 77_777;
     // GA can take 2; seated gets a price mismatch, so both must end up free.
-    let seat = rig
-        .supervisor
-        .call(rig.seated, GetSnapshot)
-        .await
-        .unwrap()
-        .seats[0]
-        .id;
+    let seat = rig.snapshot(rig.seated).await.seats[0].id;
     let parts = vec![
         (
             rig.seated,
@@ -710,7 +693,7 @@ async fn multi_category_hold_rolls_back_everything_on_refusal() {
         matches!(err, ActorError::Inventory(InventoryError::SoldOut { .. })),
         "{err:?}"
     );
-    let seated = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let seated = rig.snapshot(rig.seated).await;
     assert_eq!(seated.counts.held, 0, "the seated part was rolled back");
     assert_eq!(seated.statuses[0], SeatStatus::Available);
 }
@@ -753,7 +736,7 @@ async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
         .hold(rig.ga, hold(2, Selection::Best(3), Duration::minutes(15)))
         .await
         .unwrap();
-    let before = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let before = rig.snapshot(rig.seated).await;
     assert_eq!(rig.supervisor.active(), 2);
 
     let sup = rig.supervisor.clone();
@@ -769,7 +752,7 @@ async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
         "same actor instance, not a reloaded one"
     );
 
-    let after = rig.supervisor.call(rig.seated, GetSnapshot).await.unwrap();
+    let after = rig.snapshot(rig.seated).await;
     assert_eq!(rig.supervisor.active(), 2, "reactivated on use");
     assert_eq!(after.statuses, before.statuses);
     assert_eq!(after.counts.sold, 2);
