@@ -1,7 +1,7 @@
 //! Accounts over HTTP against real Postgres and Redis: registration (duplicates, validation,
 //! surge captcha, Bloom filter), sessions (login, logout everywhere, throttling), masking.
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, poll_until, spawn_app, spawn_app_with};
 use boxoffice::store::RedisStore;
 use boxoffice::store::bloom::{Handle, HandleBloom};
 use boxoffice::store::users::{EnsureUser, ensure_user};
@@ -247,17 +247,17 @@ async fn the_bloom_filter_learns_handles_at_registration_and_at_startup() {
             .unwrap()
     );
     let _restarted = app.spawn_sibling().await;
-    let mut learned = false;
-    for _ in 0..250 {
-        learned = bloom
-            .may_contain(Handle::Email("direct@example.com"))
-            .await
-            .unwrap();
-        if learned {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let learned = poll_until(
+        std::time::Duration::from_secs(5),
+        async || {
+            bloom
+                .may_contain(Handle::Email("direct@example.com"))
+                .await
+                .unwrap()
+        },
+        |learned| *learned,
+    )
+    .await;
     assert!(learned, "startup fill did not add the handle");
     let dup = json!({"email": "direct@example.com", "password": "long enough"});
     assert_eq!(app.post("/api/v1/users", None, &dup).await.status(), 409);

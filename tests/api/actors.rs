@@ -3,7 +3,7 @@
 //!
 //! Reproduce a simulation run with `SIM_SEED=<seed printed on failure> dev/test.sh -- actors`.
 
-use crate::helpers::{TestDb, actor_settings, create_program};
+use crate::helpers::{TestDb, actor_settings, create_program, poll_until};
 use boxoffice::actors::{
     ActorError, CategorySnapshot, Crash, GetSnapshot, GetStats, Hold, Selection, Supervisor,
     Transition, hold_all,
@@ -698,17 +698,6 @@ async fn multi_category_hold_rolls_back_everything_on_refusal() {
     assert_eq!(seated.statuses[0], SeatStatus::Available);
 }
 
-/// Polls `condition` every 20 ms for up to 10 s; false if it never became true.
-async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    condition()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
     let mut settings = actor_settings();
@@ -739,11 +728,13 @@ async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
     let before = rig.snapshot(rig.seated).await;
     assert_eq!(rig.supervisor.active(), 2);
 
-    let sup = rig.supervisor.clone();
-    assert!(
-        eventually(|| sup.active() == 1).await,
-        "the idle seated actor was never passivated"
-    );
+    let active = poll_until(
+        std::time::Duration::from_secs(10),
+        async || rig.supervisor.active(),
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(active, 1, "the idle seated actor was never passivated");
     // The GA actor is the one still running: its stats come back without a reload.
     let ga = rig.supervisor.call(rig.ga, GetStats).await.unwrap();
     assert_eq!(ga.counts.held, 3);
@@ -794,16 +785,13 @@ async fn a_reservation_committed_after_it_was_abandoned_makes_the_actor_reload()
         .unwrap();
     let sup = rig.supervisor.clone();
     let seated = rig.seated;
-    let mut abandoned = false;
-    for _ in 0..250 {
-        let stats = sup.call(seated, GetStats).await.unwrap();
-        if stats.counts.held == 0 {
-            abandoned = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(abandoned, "the unsettled reservation was never released");
+    let held = poll_until(
+        std::time::Duration::from_millis(2_500),
+        async || sup.call(seated, GetStats).await.unwrap().counts.held,
+        |held| *held == 0,
+    )
+    .await;
+    assert_eq!(held, 0, "the unsettled reservation was never released");
     // The slow transaction commits after all.
     rig.store
         .inner

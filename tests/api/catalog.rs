@@ -2,7 +2,9 @@
 //! validation, list filters and pages, live figures from the actors, and the read cache
 //! (invalidated on every node by an admin edit, and not touching Postgres on a hit).
 
-use crate::helpers::{TcpCut, TestApp, pg_addr, signed_in_admin, spawn_app, spawn_app_with};
+use crate::helpers::{
+    TcpCut, TestApp, pg_addr, poll_until, signed_in_admin, spawn_app, spawn_app_with,
+};
 use chrono::{Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -282,18 +284,26 @@ async fn an_admin_edit_invalidates_every_cache_level_on_every_node() {
         "New Title",
         "the editing node at once"
     );
-    let mut seen = false;
-    for _ in 0..250 {
-        let detail = get_json(&other, &path).await;
-        let list = get_json(&other, "/api/v1/programs").await;
-        if detail["title"] == "New Title" && list["items"][0]["title"] == "New Title" {
-            assert_eq!(detail["per_order_limit"], 2);
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(seen, "the other node kept serving the old program");
+    let (detail, list) = poll_until(
+        std::time::Duration::from_secs(5),
+        async || {
+            (
+                get_json(&other, &path).await,
+                get_json(&other, "/api/v1/programs").await,
+            )
+        },
+        |(detail, list)| detail["title"] == "New Title" && list["items"][0]["title"] == "New Title",
+    )
+    .await;
+    assert_eq!(
+        detail["title"], "New Title",
+        "the other node kept serving the old program"
+    );
+    assert_eq!(
+        list["items"][0]["title"], "New Title",
+        "the other node kept serving the old list"
+    );
+    assert_eq!(detail["per_order_limit"], 2);
     let bad = app
         .http
         .patch(format!("{}/api/v1/admin/programs/{id}", app.address))

@@ -483,3 +483,20 @@ pub async fn mint_buyers(pg: &PgPool, settings: &Settings, n: usize, holders: us
     }
     out
 }
+
+/// Asks `probe` every 20 ms until `done` holds or `within` has passed, and returns the last
+/// answer: the caller asserts on it, so a timeout fails showing the value actually seen.
+/// For states that settle asynchronously (coalesced seat maps, timers, other nodes).
+pub async fn poll_until<T>(
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut value = probe().await;
+    while !done(&value) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        value = probe().await;
+    }
+    value
+}

@@ -2,7 +2,9 @@
 //! pruning. Buyers are created straight in the database with tokens minted by the server's own
 //! key (the accounts API has its own tests), so races of hundreds of buyers start fast.
 
-use crate::helpers::{Buyer, TestApp, mint_buyers, signed_in_admin, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Buyer, TestApp, mint_buyers, poll_until, signed_in_admin, spawn_app, spawn_app_with,
+};
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -75,15 +77,12 @@ async fn seats_once(
     program: i64,
     done: impl Fn(&[(i64, String)]) -> bool,
 ) -> Vec<(i64, String)> {
-    let mut seats = seat_ids(app, program).await;
-    for _ in 0..250 {
-        if done(&seats) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        seats = seat_ids(app, program).await;
-    }
-    seats
+    poll_until(
+        std::time::Duration::from_secs(5),
+        async || seat_ids(app, program).await,
+        |s| done(s),
+    )
+    .await
 }
 
 async fn code(r: reqwest::Response) -> (u16, String) {
@@ -360,20 +359,16 @@ async fn the_account_limit_holds_under_concurrent_orders() {
             .all(|(s, c)| *s == 201 || c == "LIMIT_EXCEEDED"),
         "{answers:?}"
     );
-    let mut remaining = Value::Null;
-    for _ in 0..250 {
-        let detail: Value = app
-            .get(&format!("/api/v1/programs/{program}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        remaining = detail["ticket_categories"][1]["remaining"].clone();
-        if remaining == 27 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let path = format!("/api/v1/programs/{program}");
+    let remaining = poll_until(
+        std::time::Duration::from_secs(5),
+        async || {
+            app.get(&path).await.json::<Value>().await.unwrap()["ticket_categories"][1]["remaining"]
+                .clone()
+        },
+        |r| *r == 27,
+    )
+    .await;
     assert_eq!(remaining, 27, "refused orders gave their tickets back");
 }
 
@@ -417,15 +412,19 @@ async fn an_unpaid_order_expires_and_its_seats_return() {
         .await
         .unwrap();
     let path = format!("/api/v1/orders/{}", placed["order_no"].as_str().unwrap());
-    let mut status = String::new();
-    for _ in 0..300 {
-        let o: Value = app.get_as(&b.token, &path).await.json().await.unwrap();
-        status = o["status"].as_str().unwrap().to_string();
-        if status == "expired" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let status = poll_until(
+        std::time::Duration::from_secs(6),
+        async || {
+            app.get_as(&b.token, &path)
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()["status"]
+                .clone()
+        },
+        |s| *s == "expired",
+    )
+    .await;
     assert_eq!(status, "expired");
     let map = seats_once(&app, program, |s| s[3].1 == "available").await;
     assert_eq!(map[3].1, "available");
