@@ -12,6 +12,7 @@ use crate::config::ActorSettings;
 use crate::domain::inventory::{
     Change, ChangeKind, Delta, Inventory, InventoryError, OrderNo, SeatInfo,
 };
+use crate::store::StoreError;
 use crate::store::inventory::InventoryStore;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -164,9 +165,53 @@ impl CategoryActor {
             }
             res.map_err(|e| {
                 tracing::warn!(order_no = change.order_no, kind = ?change.kind, error = %e, "inventory write failed");
+                if matches!(e, StoreError::Conflict(_)) {
+                    act.reload(change.order_no, "rows were not in the state memory expected", ctx);
+                }
                 ActorError::CommitFailed(e.to_string())
             })
         })
+    }
+
+    /// Memory no longer matches Postgres (another transaction moved this order's rows, e.g. a
+    /// payment committed while the hold was expiring). Stop; the supervisor loads the truth on
+    /// the next call. Memory was stricter than Postgres meanwhile, so nothing was sold twice.
+    fn reload(&mut self, order: OrderNo, why: &str, ctx: &mut Context<Self>) {
+        tracing::error!(
+            order_no = order,
+            why,
+            "category diverged from Postgres; reloading it"
+        );
+        ctx.stop();
+    }
+
+    /// Applies a transition the caller has already committed; see [`Applied`].
+    fn apply_committed(&mut self, msg: Applied, ctx: &mut Context<Self>) -> bool {
+        let Transition { kind, order_no } = msg.0;
+        match self.inv.begin(kind, order_no) {
+            Ok(Some(change)) => {
+                if let Some(delta) = self.inv.finish(&change, true) {
+                    self.committed(&change, delta, ctx);
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(InventoryError::Busy(_)) => {
+                // Its own write for this order is in flight (it will find the rows moved and
+                // fail): look again once it has settled.
+                let retry = Duration::from_millis(self.settings.expiry_retry_ms);
+                ctx.notify_later(msg, retry);
+                false
+            }
+            Err(_) => {
+                self.reload(
+                    order_no,
+                    "a committed transition found the order elsewhere",
+                    ctx,
+                );
+                false
+            }
+        }
     }
 
     fn committed(&mut self, change: &Change, delta: Delta, ctx: &mut Context<Self>) {
@@ -228,13 +273,8 @@ impl CategoryActor {
     fn settle(&mut self, order: OrderNo, committed: bool, ctx: &mut Context<Self>) -> bool {
         let Some((change, timer)) = self.reserved.remove(&order) else {
             if committed && self.inv.stage(order).is_none() {
-                // The reservation was abandoned (timed out), yet its order committed: memory no
-                // longer matches Postgres. Stop; the supervisor reloads the truth on the next call.
-                tracing::error!(
-                    order_no = order,
-                    "an abandoned reservation was committed; reloading the category"
-                );
-                ctx.stop();
+                // The reservation was abandoned (timed out), yet its order committed.
+                self.reload(order, "an abandoned reservation was committed", ctx);
             }
             return false;
         };
@@ -303,6 +343,14 @@ impl Handler<Transition> for CategoryActor {
             Ok(None) => Box::pin(fut::ready(Ok(false))),
             Err(e) => Box::pin(fut::ready(Err(ActorError::Inventory(e)))),
         }
+    }
+}
+
+impl Handler<Applied> for CategoryActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) -> bool {
+        self.apply_committed(msg, ctx)
     }
 }
 

@@ -103,6 +103,14 @@ pub struct Transition {
     pub order_no: OrderNo,
 }
 
+/// A transition the caller already made durable in its own transaction, so the actor only
+/// updates memory, re-arms nothing and publishes the delta. Payments use it: the order turning
+/// `paid` and its seats turning `sold` must commit together across every category of the order,
+/// which no single actor can do. Answers whether memory changed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "bool")]
+pub struct Applied(pub Transition);
+
 /// The committed seat map of one category, built once and shared.
 #[derive(Debug, Clone, Serialize)]
 pub struct CategorySnapshot {

@@ -139,6 +139,11 @@ impl Supervisor {
         self.call(category_id, t).await?
     }
 
+    /// Tells the category about a transition already committed by the caller (see [`Applied`]).
+    pub async fn applied(&self, category_id: i64, t: Transition) -> Result<bool, ActorError> {
+        self.call(category_id, Applied(t)).await
+    }
+
     /// The latest published seat map, read without messaging the actor.
     pub async fn snapshot(&self, category_id: i64) -> Result<Arc<CategorySnapshot>, ActorError> {
         let (_, live) = self.live(category_id).await?;

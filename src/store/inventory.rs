@@ -172,6 +172,11 @@ pub async fn apply_change_in(
     tx: &deadpool_postgres::Transaction<'_>,
     change: &Change,
 ) -> Result<(), StoreError> {
+    if change.kind == ChangeKind::Release {
+        // The order row first, as payments lock it (store::payments): a payment and an expiry
+        // of the same order then queue on that row instead of deadlocking on the seats.
+        super::orders::close_released_in(tx, change.order_no).await?;
+    }
     let touched = if change.seats.is_empty() {
         apply_ga(tx, change).await?
     } else {
@@ -187,9 +192,6 @@ pub async fn apply_change_in(
             "{:?} of order {} touched {touched} rows, expected {expected}",
             change.kind, change.order_no
         )));
-    }
-    if change.kind == ChangeKind::Release {
-        super::orders::close_released_in(tx, change.order_no).await?;
     }
     Ok(())
 }

@@ -826,3 +826,107 @@ async fn a_reservation_committed_after_it_was_abandoned_makes_the_actor_reload()
         "the reloaded actor shows what Postgres has"
     );
 }
+
+/// Moves the order's seat rows the way another transaction (a payment, a refund) would.
+async fn move_seats_behind_the_actors_back(rig: &Rig, order_no: i64, sql: &str) {
+    let moved = rig
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(sql, &[&order_no])
+        .await
+        .unwrap();
+    assert_eq!(moved, 2);
+}
+
+const SELL: &str = "UPDATE seats SET status = 'sold', hold_expires_at = NULL WHERE order_no = $1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_committed_by_the_caller_only_changes_memory() {
+    let rig = rig().await;
+    let held = rig
+        .supervisor
+        .hold(
+            rig.seated,
+            hold(11, Selection::Best(2), Duration::minutes(15)),
+        )
+        .await
+        .unwrap();
+    move_seats_behind_the_actors_back(&rig, 11, SELL).await;
+    let confirm = Transition {
+        kind: ChangeKind::Confirm,
+        order_no: 11,
+    };
+    assert_eq!(rig.supervisor.applied(rig.seated, confirm).await, Ok(true));
+    assert_eq!(
+        rig.supervisor.applied(rig.seated, confirm).await,
+        Ok(false),
+        "once"
+    );
+    let stats = rig.supervisor.call(rig.seated, GetStats).await.unwrap();
+    assert_eq!((stats.counts.sold, stats.counts.held), (2, 0));
+    assert_eq!(stats.armed_timers, 0, "a sold order has no deadline");
+    let map = rig.snapshot(rig.seated).await;
+    let seat = map
+        .seats
+        .iter()
+        .position(|s| s.id == held.seats[0].id)
+        .unwrap();
+    assert_eq!(map.statuses[seat], SeatStatus::Sold);
+
+    let back = "UPDATE seats SET status = 'available', order_no = NULL WHERE order_no = $1";
+    move_seats_behind_the_actors_back(&rig, 11, back).await;
+    let give_back = Transition {
+        kind: ChangeKind::Return,
+        order_no: 11,
+    };
+    assert_eq!(
+        rig.supervisor.applied(rig.seated, give_back).await,
+        Ok(true)
+    );
+    let stats = rig.supervisor.call(rig.seated, GetStats).await.unwrap();
+    assert_eq!(stats.counts.available, (ROWS * COLS) as u32);
+    assert_eq!(stats.totals.returns, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_finds_its_rows_moved_makes_the_actor_reload() {
+    let rig = rig().await;
+    rig.supervisor
+        .hold(
+            rig.seated,
+            hold(12, Selection::Best(2), Duration::minutes(15)),
+        )
+        .await
+        .unwrap();
+    // A payment committed, and its message to the actor was lost.
+    move_seats_behind_the_actors_back(&rig, 12, SELL).await;
+    let release = Transition {
+        kind: ChangeKind::Release,
+        order_no: 12,
+    };
+    let refused = rig.supervisor.transition(rig.seated, release).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ActorError::CommitFailed(_) | ActorError::Restarted)
+        ),
+        "the release wrote nothing: {refused:?}"
+    );
+    let sup = rig.supervisor.clone();
+    let seated = rig.seated;
+    let stats = poll_until(
+        std::time::Duration::from_secs(3),
+        async || sup.call(seated, GetStats).await.ok(),
+        |s| s.as_ref().is_some_and(|s| s.counts.sold == 2),
+    )
+    .await
+    .expect("the actor answers after reloading");
+    assert_eq!(
+        (stats.counts.sold, stats.counts.held),
+        (2, 0),
+        "reloaded from Postgres"
+    );
+    assert_eq!(stats.totals.releases, 0);
+}
