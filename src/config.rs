@@ -46,6 +46,37 @@ pub struct Settings {
     pub writer: WriterConfig,
     /// Ordering rules.
     pub orders: OrderSettings,
+    /// Payment providers.
+    pub payments: PaymentSettings,
+}
+
+/// Payment providers. The built-in `mockpay` stands in for a real third party: this process
+/// serves its pages and API under `/mockpay`, and our side talks to it over HTTP only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// The mock provider.
+    pub mockpay: MockpaySettings,
+}
+
+/// The mock provider's address and its test switches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockpaySettings {
+    /// Where its API and checkout pages live; empty = this server's `server.public_url`.
+    pub base_url: String,
+    /// Callback deliveries tried before the provider gives up (a real provider retries for hours).
+    pub callback_attempts: u32,
+    /// Wait before the second delivery; doubles after each failure.
+    pub callback_backoff_ms: u64,
+    /// Test switch: wait this long before the first delivery.
+    pub callback_delay_ms: u64,
+    /// Test switch: never deliver callbacks (pay-check must find the payment).
+    pub drop_callbacks: bool,
+    /// Test switch: deliver every callback twice, concurrently.
+    pub duplicate_callbacks: bool,
+    /// How long the provider remembers a trade.
+    pub trade_ttl_secs: u64,
 }
 
 /// Ordering rules.
@@ -326,6 +357,17 @@ impl Settings {
     /// `host:port` to bind.
     pub fn bind_address(&self) -> String {
         format!("{}:{}", self.server.host, self.server.port)
+    }
+
+    /// Where the mock payment provider lives (its own setting, else this server).
+    pub fn mockpay_url(&self) -> String {
+        let base = &self.payments.mockpay.base_url;
+        let base = if base.is_empty() {
+            &self.server.public_url
+        } else {
+            base
+        };
+        base.trim_end_matches('/').to_string()
     }
 }
 

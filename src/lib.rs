@@ -16,6 +16,7 @@
 //! - [`actors`] — the single writers of seat state.
 //! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar.
 //! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
+//! - [`payments`] — the provider trait, our payment side, and the built-in `mockpay` provider.
 //! - [`bench`] — `boxoffice bench …`: side-by-side benchmarks with JSON summaries.
 //! - [`seed`] — demo data; [`crypto`] — password and id-number protection;
 //!   [`telemetry`] — logs and metrics.
@@ -32,6 +33,7 @@ pub mod crypto;
 pub mod domain;
 pub mod http;
 pub mod ordering;
+pub mod payments;
 pub mod seed;
 pub mod store;
 pub mod telemetry;

@@ -7,8 +7,10 @@ pub mod catalog;
 pub mod error;
 pub mod extractor;
 pub mod limits;
+pub mod mockpay;
 pub mod ops;
 pub mod orders;
+pub mod payments;
 pub mod ticket_buyers;
 
 use crate::actors::Supervisor;
@@ -18,9 +20,12 @@ use crate::config::Settings;
 use crate::crypto::IdNumberCipher;
 use crate::domain::order_no::OrderNoGenerator;
 use crate::ordering::Ordering;
+use crate::payments::mockpay::MockpayClient;
+use crate::payments::{PaymentProvider, Payments};
 use crate::store::Stores;
 use crate::store::bloom::HandleBloom;
 use crate::store::catalog_cache::CatalogCache;
+use crate::store::mockpay_trades::TradeBook;
 use crate::store::rate_limit::RateLimiter;
 use crate::store::sessions::SessionGuard;
 use crate::store::writer::{GroupCommitStore, GroupCommitWriter};
@@ -30,6 +35,7 @@ use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +72,10 @@ pub struct AppState {
     pub catalog: CatalogCache,
     /// Places orders.
     pub ordering: Ordering,
+    /// Pays and refunds orders through the providers.
+    pub payments: Payments,
+    /// The built-in mock payment provider (a stand-in third party served under `/mockpay`).
+    pub mockpay: mockpay::Mockpay,
 }
 
 impl AppState {
@@ -96,8 +106,11 @@ impl AppState {
             clock,
             payment_window: chrono::Duration::seconds(settings.orders.payment_window_secs as i64),
         };
+        let (payments, mockpay) = payment_parts(&settings, &stores, &supervisor);
         let a = &settings.accounts;
         Ok(AppState {
+            payments,
+            mockpay,
             writer,
             supervisor,
             ordering,
@@ -112,6 +125,28 @@ impl AppState {
             metrics,
         })
     }
+}
+
+/// Our payment side with its providers, and the mock provider it talks to.
+fn payment_parts(
+    settings: &Settings,
+    stores: &Stores,
+    supervisor: &Supervisor,
+) -> (Payments, mockpay::Mockpay) {
+    let key = settings.secrets.payment_signing_key.clone();
+    let client = MockpayClient::new(&settings.mockpay_url(), key.clone());
+    let mut providers: HashMap<String, Arc<dyn PaymentProvider>> = HashMap::new();
+    providers.insert(crate::payments::mockpay::CHANNEL.into(), Arc::new(client));
+    let payments = Payments::new(
+        stores.pg.clone(),
+        supervisor.clone(),
+        providers,
+        &settings.server.public_url,
+    );
+    let m = &settings.payments.mockpay;
+    let book = TradeBook::new(stores.redis.clone(), m.trade_ttl_secs);
+    let provider = mockpay::Mockpay::new(book, key, m.clone(), settings.mockpay_url());
+    (payments, provider)
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -139,6 +174,14 @@ impl AppState {
         catalog::seats,
         admin::create,
         admin::edit,
+        orders::place,
+        orders::one,
+        orders::list,
+        orders::cancel,
+        payments::start,
+        payments::notify,
+        payments::pay_check,
+        payments::refund,
     ),
     components(schemas(error::ErrorInner))
 )]
@@ -175,6 +218,8 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::router(&state))
         .merge(admin::router(&state))
         .merge(orders::router(&state))
+        .merge(payments::router(&state))
+        .merge(mockpay::router())
         .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
         .fallback(error::fallback)
         .layer(layers)

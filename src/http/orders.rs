@@ -8,7 +8,7 @@ use super::limits;
 use crate::actors::{ActorError, Transition};
 use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::ordering::{OrderError, OrderRequest};
-use crate::store::{idempotency, orders, users::role};
+use crate::store::{StoreError, idempotency, orders, users::role};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -166,7 +166,7 @@ pub async fn place(
 }
 
 /// The order if the caller may see it (owner or admin); 404 otherwise.
-async fn visible_order(
+pub(crate) async fn visible_order(
     st: &AppState,
     user: &AuthUser,
     order_no: &str,
@@ -249,7 +249,8 @@ pub async fn cancel(
         }
     }
     let number: i64 = order.order_no.parse().map_err(ApiError::internal)?;
-    for category in orders::categories_of(&st.stores.pg, number).await? {
+    let client = st.stores.pg.get().await.map_err(StoreError::from)?;
+    for category in orders::categories_of(&client, number).await? {
         let release = Transition {
             kind: ChangeKind::Release,
             order_no: number,

@@ -140,6 +140,23 @@ pub async fn insert_order_in(
     }
 }
 
+/// Writes one order event to the outbox inside the caller's transaction; the relay publishes it.
+pub async fn emit_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    event_type: &str,
+    order_no: i64,
+    program_id: i64,
+    payload: &serde_json::Value,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload)
+         VALUES (gen_random_uuid(), 'order-events', $1::bigint::text, $2, $1, $3, $4)",
+        &[&order_no, &event_type, &program_id, payload],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Closes a pending order whose seats a release just freed, in the release's transaction:
 /// `expired` if its payment window has passed, `cancelled` otherwise, with one outbox event.
 /// A no-op for orders already closed (another category's release got there first) or unknown.
@@ -226,11 +243,13 @@ pub async fn find(pool: &PgPool, order_no: i64) -> Result<Option<OrderView>, Sto
     }))
 }
 
-/// The categories an order has tickets in (to address their actors).
-pub async fn categories_of(pool: &PgPool, order_no: i64) -> Result<Vec<i64>, StoreError> {
-    let rows = pool
-        .get()
-        .await?
+/// The categories an order has tickets in (to address their actors); on a pooled client or
+/// inside a transaction.
+pub async fn categories_of(
+    client: &impl deadpool_postgres::GenericClient,
+    order_no: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let rows = client
         .query(
             "SELECT DISTINCT ticket_category_id FROM tickets
              WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 ORDER BY 1",

@@ -222,9 +222,11 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     start(settings, Some(db)).await
 }
 
-async fn start(settings: Settings, db: Option<TestDb>) -> TestApp {
+async fn start(mut settings: Settings, db: Option<TestDb>) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().unwrap());
+    // Known only now: the payment provider's callbacks and checkout URLs point here.
+    settings.server.public_url = address.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(boxoffice::serve(settings.clone(), listener, async {
         let _ = rx.await;
@@ -499,4 +501,96 @@ pub async fn poll_until<T>(
         value = probe().await;
     }
     value
+}
+
+// ---- ordering kit: programs on sale, orders, seat maps (orders and payments tests) ----
+
+/// `n` accounts with `holders` ticket buyers each, for this app.
+pub async fn buyers(app: &TestApp, n: usize, holders: usize) -> Vec<Buyer> {
+    mint_buyers(&app.pg, &app.settings, n, holders).await
+}
+
+/// A program on sale (show in 9 days): "Front" 4×5 seats at 500.00, "Floor" 30 GA at 200.00.
+pub async fn on_sale(app: &TestApp, per_order: i32, per_account: i32) -> (i64, i64, i64) {
+    let (_, admin) = signed_in_admin(app).await;
+    let body = serde_json::json!({
+        "title": "Order Test", "area": "Beijing", "category": "Pop", "venue": "Hall",
+        "per_order_limit": per_order, "per_account_limit": per_account,
+        "on_sale_at": chrono::Utc::now() - chrono::Duration::hours(1), "show_times": [chrono::Utc::now() + chrono::Duration::days(9)],
+        "ticket_categories": [
+            {"name": "Front", "price_cents": 50_000, "rows": 4, "seats_per_row": 5},
+            {"name": "Floor", "price_cents": 20_000, "capacity": 30}
+        ]
+    });
+    let r = app
+        .post("/api/v1/admin/programs", Some(&admin), &body)
+        .await;
+    assert_eq!(r.status(), 201);
+    let p: serde_json::Value = r.json().await.unwrap();
+    let tiers = p["ticket_categories"].as_array().unwrap();
+    (
+        p["id"].as_i64().unwrap(),
+        tiers[0]["id"].as_i64().unwrap(),
+        tiers[1]["id"].as_i64().unwrap(),
+    )
+}
+
+pub async fn order(
+    app: &TestApp,
+    token: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    app.http
+        .post(format!("{}/api/v1/orders", app.address))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn seat_ids(app: &TestApp, program: i64) -> Vec<(i64, String)> {
+    let map: serde_json::Value = app
+        .get(&format!("/api/v1/programs/{program}/seats"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    map["categories"][0]["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_i64().unwrap(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Seat statuses once `done` holds for them. Seat maps are published coalesced (every
+/// `actors.snapshot_interval_ms`), so a read right after a change may still be the one before.
+pub async fn seats_once(
+    app: &TestApp,
+    program: i64,
+    done: impl Fn(&[(i64, String)]) -> bool,
+) -> Vec<(i64, String)> {
+    poll_until(
+        std::time::Duration::from_secs(5),
+        async || seat_ids(app, program).await,
+        |s| done(s),
+    )
+    .await
+}
+
+pub async fn code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::json!({}));
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
 }

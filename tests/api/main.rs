@@ -12,6 +12,7 @@ mod crash;
 mod limits;
 mod ops;
 mod orders;
+mod payments;
 mod schema;
 mod seed;
 mod ticket_buyers;

@@ -3,96 +3,11 @@
 //! key (the accounts API has its own tests), so races of hundreds of buyers start fast.
 
 use crate::helpers::{
-    Buyer, TestApp, mint_buyers, poll_until, signed_in_admin, spawn_app, spawn_app_with,
+    buyers, code, on_sale, order, poll_until, seat_ids, seats_once, signed_in_admin, spawn_app,
+    spawn_app_with,
 };
-use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-
-/// `n` accounts with `holders` ticket buyers each, for this app.
-async fn buyers(app: &TestApp, n: usize, holders: usize) -> Vec<Buyer> {
-    mint_buyers(&app.pg, &app.settings, n, holders).await
-}
-
-/// A program on sale: "Front" 4×5 seats at 500.00, "Floor" 30 GA at 200.00.
-async fn on_sale(app: &TestApp, per_order: i32, per_account: i32) -> (i64, i64, i64) {
-    let (_, admin) = signed_in_admin(app).await;
-    let body = json!({
-        "title": "Order Test", "area": "Beijing", "category": "Pop", "venue": "Hall",
-        "per_order_limit": per_order, "per_account_limit": per_account,
-        "on_sale_at": Utc::now() - Duration::hours(1), "show_times": [Utc::now() + Duration::days(9)],
-        "ticket_categories": [
-            {"name": "Front", "price_cents": 50_000, "rows": 4, "seats_per_row": 5},
-            {"name": "Floor", "price_cents": 20_000, "capacity": 30}
-        ]
-    });
-    let r = app
-        .post("/api/v1/admin/programs", Some(&admin), &body)
-        .await;
-    assert_eq!(r.status(), 201);
-    let p: Value = r.json().await.unwrap();
-    let tiers = p["ticket_categories"].as_array().unwrap();
-    (
-        p["id"].as_i64().unwrap(),
-        tiers[0]["id"].as_i64().unwrap(),
-        tiers[1]["id"].as_i64().unwrap(),
-    )
-}
-
-async fn order(app: &TestApp, token: &str, key: &str, body: &Value) -> reqwest::Response {
-    app.http
-        .post(format!("{}/api/v1/orders", app.address))
-        .bearer_auth(token)
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn seat_ids(app: &TestApp, program: i64) -> Vec<(i64, String)> {
-    let map: Value = app
-        .get(&format!("/api/v1/programs/{program}/seats"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    map["categories"][0]["seats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_i64().unwrap(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Seat statuses once `done` holds for them. Seat maps are published coalesced (every
-/// `actors.snapshot_interval_ms`), so a read right after a change may still be the one before.
-async fn seats_once(
-    app: &TestApp,
-    program: i64,
-    done: impl Fn(&[(i64, String)]) -> bool,
-) -> Vec<(i64, String)> {
-    poll_until(
-        std::time::Duration::from_secs(5),
-        async || seat_ids(app, program).await,
-        |s| done(s),
-    )
-    .await
-}
-
-async fn code(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let body: Value = r.json().await.unwrap_or(json!({}));
-    (
-        status,
-        body["error"]["code"].as_str().unwrap_or("").to_string(),
-    )
-}
 
 #[tokio::test]
 async fn order_then_cancel_moves_seats_and_shows_everywhere() {

@@ -1,0 +1,138 @@
+//! Paying and refunding orders (API.md, "Orders"): open a payment, the provider's signed
+//! callback, pay-check (ask the provider when a callback was lost) and refund. The order-scoped
+//! routes load the order as the caller may see it (owner or admin; 404 otherwise).
+
+use super::AppState;
+use super::error::ApiError;
+use super::extractor::{ApiJson, AuthUser};
+use super::limits;
+use super::orders::visible_order;
+use crate::payments::{Payable, PaymentError};
+use crate::store::orders::OrderView;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Buyer routes (with the `account` rate limit) and the provider's notify route (without: it
+/// is the provider's servers calling, authenticated by signature).
+pub fn router(state: &AppState) -> Router<AppState> {
+    let buyer = Router::new()
+        .route("/api/v1/orders/{order_no}/payments", post(start))
+        .route("/api/v1/orders/{order_no}/pay-check", post(pay_check))
+        .route("/api/v1/orders/{order_no}/refund", post(refund))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::account,
+        ));
+    buyer.route("/api/v1/payments/notify/{channel}", post(notify))
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(e: PaymentError) -> Self {
+        use PaymentError::*;
+        let message = e.to_string();
+        match e {
+            UnknownChannel(_) => ApiError::validation("channel", message),
+            NotPayable(_) => ApiError::new(StatusCode::CONFLICT, "NOT_PAYABLE", message),
+            NotFound => ApiError::not_found("payment"),
+            BadSignature => ApiError::new(StatusCode::UNAUTHORIZED, "BAD_SIGNATURE", message),
+            AmountMismatch { expected, got } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "AMOUNT_MISMATCH", message)
+                    .with_details(json!({ "expected_cents": expected, "amount_cents": got }))
+            }
+            NotRefundable(_) => ApiError::new(StatusCode::CONFLICT, "NOT_REFUNDABLE", message),
+            ShowStarted => ApiError::new(StatusCode::CONFLICT, "SHOW_STARTED", message),
+            Provider(_) => ApiError::unavailable("PAYMENT_PROVIDER_UNAVAILABLE", message),
+            Store(s) => s.into(),
+        }
+    }
+}
+
+fn order_number(order: &OrderView) -> Result<i64, ApiError> {
+    order.order_no.parse().map_err(ApiError::internal)
+}
+
+/// Body of `POST /api/v1/orders/{order_no}/payments`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct StartPayment {
+    /// Provider channel, e.g. `mockpay`.
+    channel: String,
+}
+
+/// `POST /api/v1/orders/{order_no}/payments`: a bill for the order's total and the provider's
+/// checkout URL.
+#[utoipa::path(post, path = "/api/v1/orders/{order_no}/payments", tag = "payments", request_body = StartPayment,
+    params(("order_no" = String, Path, description = "Order number")),
+    responses((status = 201, description = "`{payment_id, pay_url}`"), (status = 404, description = "No such order of the caller"),
+        (status = 409, description = "The order is not pending payment (NOT_PAYABLE)")))]
+pub async fn start(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(order_no): Path<String>,
+    ApiJson(body): ApiJson<StartPayment>,
+) -> Result<Response, ApiError> {
+    let order = visible_order(&st, &user, &order_no).await?;
+    let payable = Payable {
+        order_no: order_number(&order)?,
+        status: order.status,
+        total_cents: order.total_cents,
+        expires_at: order.expires_at,
+    };
+    let now = st.ordering.clock.now();
+    let started = st.payments.start(&payable, &body.channel, now).await?;
+    let answer = json!({ "payment_id": started.payment_id, "pay_url": started.pay_url });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// `POST /api/v1/payments/notify/{channel}`: the provider's asynchronous callback. A bad
+/// signature is a 401 and changes nothing; a repeated notice changes nothing either.
+#[utoipa::path(post, path = "/api/v1/payments/notify/{channel}", tag = "payments",
+    request_body(content = String, description = "The provider's signed notice, verbatim"),
+    params(("channel" = String, Path, description = "Provider channel")),
+    responses((status = 200, description = "Applied (or applied before)"), (status = 401, description = "Bad signature"),
+        (status = 422, description = "Amount differs from the bill")))]
+pub async fn notify(
+    State(st): State<AppState>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    st.payments.notified(&channel, &headers, &body).await?;
+    Ok(Json(json!({ "result": "success" })))
+}
+
+/// `POST /api/v1/orders/{order_no}/pay-check`: asks the provider, applies what it says and
+/// returns the order.
+#[utoipa::path(post, path = "/api/v1/orders/{order_no}/pay-check", tag = "payments",
+    params(("order_no" = String, Path, description = "Order number")),
+    responses((status = 200, description = "The order after reconciling"), (status = 404, description = "No such order of the caller")))]
+pub async fn pay_check(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(order_no): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let order = visible_order(&st, &user, &order_no).await?;
+    st.payments.check(order_number(&order)?).await?;
+    Ok(Json(json!(visible_order(&st, &user, &order_no).await?)))
+}
+
+/// `POST /api/v1/orders/{order_no}/refund`: a paid order before its show; seats return at once
+/// and the money goes back through the provider. Repeating it is harmless.
+#[utoipa::path(post, path = "/api/v1/orders/{order_no}/refund", tag = "payments",
+    params(("order_no" = String, Path, description = "Order number")),
+    responses((status = 200, description = "The order, refunded"), (status = 404, description = "No such order of the caller"),
+        (status = 409, description = "Not paid (NOT_REFUNDABLE) or the show has started (SHOW_STARTED)")))]
+pub async fn refund(
+    State(st): State<AppState>,
+    user: AuthUser,
+    Path(order_no): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let order = visible_order(&st, &user, &order_no).await?;
+    st.payments.refund(order_number(&order)?).await?;
+    Ok(Json(json!(visible_order(&st, &user, &order_no).await?)))
+}

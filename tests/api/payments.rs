@@ -1,0 +1,429 @@
+//! Payment over HTTP against the built-in mock provider, which this same server hosts but which
+//! is reached only over HTTP: the full flow, duplicated / dropped / delayed callbacks, forged
+//! notices, late payments and refunds, and the error codes.
+
+use crate::helpers::{
+    Buyer, TestApp, buyers, code, on_sale, order, poll_until, seat_ids, seats_once, spawn_app,
+    spawn_app_with,
+};
+use boxoffice::payments::mockpay::{SIGNATURE_HEADER, sign};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A placed order of two front-row seats: (buyer, order number, its path).
+async fn two_seat_order(app: &TestApp, program: i64) -> (Buyer, String) {
+    let b = buyers(app, 1, 2).await.remove(0);
+    let seats = seat_ids(app, program).await;
+    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers,
+        "seats": [{"seat_id": seats[0].0, "price_cents": 50_000}, {"seat_id": seats[1].0, "price_cents": 50_000}]});
+    let r = order(app, &b.token, "k", &body).await;
+    assert_eq!(r.status(), 201);
+    let no = r.json::<Value>().await.unwrap()["order_no"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (b, no)
+}
+
+/// Opens a mockpay payment: (payment id, pay URL).
+async fn start_payment(app: &TestApp, token: &str, no: &str) -> (String, String) {
+    let path = format!("/api/v1/orders/{no}/payments");
+    let r = app
+        .post(&path, Some(token), &json!({"channel": "mockpay"}))
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let p: Value = r.json().await.unwrap();
+    (
+        p["payment_id"].as_str().unwrap().to_string(),
+        p["pay_url"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The buyer presses "pay" on the provider's checkout page.
+async fn complete(app: &TestApp, pay_url: &str) -> Value {
+    let r = app
+        .http
+        .post(format!("{pay_url}/complete"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `POST /api/v1/orders/{no}/{action}` (refund, pay-check, cancel) as `token`.
+async fn act(app: &TestApp, token: &str, no: &str, action: &str) -> reqwest::Response {
+    let path = format!("/api/v1/orders/{no}/{action}");
+    app.post(&path, Some(token), &json!({})).await
+}
+
+/// The provider's own view of the trade.
+async fn trade(app: &TestApp, payment_id: &str) -> Value {
+    app.get(&format!("/mockpay/api/trades/{payment_id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn status(app: &TestApp, token: &str, no: &str) -> String {
+    let order: Value = app
+        .get_as(token, &format!("/api/v1/orders/{no}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    order["status"].as_str().unwrap_or_default().to_string()
+}
+
+async fn status_once(app: &TestApp, token: &str, no: &str, wanted: &str) -> String {
+    poll_until(
+        Duration::from_secs(10),
+        async || status(app, token, no).await,
+        |s| s == wanted,
+    )
+    .await
+}
+
+/// One number from Postgres about the order (`$1` is the order number).
+async fn count(app: &TestApp, sql: &str, no: &str) -> i64 {
+    let no: i64 = no.parse().unwrap();
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[&no])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+const PAID_EVENTS: &str =
+    "SELECT count(*) FROM outbox WHERE order_no = $1 AND event_type = 'OrderPaid'";
+const REFUNDS: &str = "SELECT count(*) FROM refunds WHERE order_no = $1";
+const REFUNDS_DONE: &str =
+    "SELECT count(*) FROM refunds WHERE order_no = $1 AND status = 'succeeded'";
+
+#[tokio::test]
+async fn pay_then_refund_moves_the_order_and_its_seats() {
+    let app = spawn_app().await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    assert!(pay_url.starts_with(&format!("{}/mockpay/checkout/", app.address)));
+    let page = app.http.get(&pay_url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text().await.unwrap().contains("1000.00"),
+        "the checkout page shows the amount"
+    );
+
+    assert_eq!(
+        complete(&app, &pay_url).await["trade_status"],
+        "TRADE_SUCCESS"
+    );
+    assert_eq!(status_once(&app, &b.token, &no, "paid").await, "paid");
+    let map = seats_once(&app, program, |s| s[0].1 == "sold" && s[1].1 == "sold").await;
+    assert_eq!(
+        (map[0].1.as_str(), map[1].1.as_str(), map[2].1.as_str()),
+        ("sold", "sold", "available")
+    );
+    assert_eq!(count(&app, PAID_EVENTS, &no).await, 1);
+    let sold_rows = "SELECT count(*) FROM seats WHERE order_no = $1 AND status = 'sold'";
+    assert_eq!(count(&app, sold_rows, &no).await, 2);
+
+    let r = act(&app, &b.token, &no, "refund").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "refunded");
+    let map = seats_once(&app, program, |s| {
+        s[0].1 == "available" && s[1].1 == "available"
+    })
+    .await;
+    assert_eq!(
+        (map[0].1.as_str(), map[1].1.as_str()),
+        ("available", "available")
+    );
+    assert_eq!(count(&app, REFUNDS_DONE, &no).await, 1);
+    assert_eq!(trade(&app, &payment_id).await["trade_status"], "REFUNDED");
+    let again = act(&app, &b.token, &no, "refund").await;
+    assert_eq!(again.status(), 200, "refunding twice is harmless");
+    assert_eq!(count(&app, REFUNDS, &no).await, 1);
+}
+
+#[tokio::test]
+async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
+    let app = spawn_app().await;
+    let (program, _, floor) = on_sale(&app, 4, 4).await;
+    let b = buyers(&app, 1, 3).await.remove(0);
+    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers, "ticket_category_id": floor, "quantity": 3});
+    let placed: Value = order(&app, &b.token, "ga", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let no = placed["order_no"].as_str().unwrap().to_string();
+    let (_, pay_url) = start_payment(&app, &b.token, &no).await;
+    complete(&app, &pay_url).await;
+    assert_eq!(status_once(&app, &b.token, &no, "paid").await, "paid");
+    let sold = "SELECT count(*) FROM ga_holds WHERE order_no = $1 AND status = 'sold'";
+    assert_eq!(count(&app, sold, &no).await, 1);
+    let r = act(&app, &b.token, &no, "refund").await;
+    assert_eq!(r.status(), 200);
+    let taken = "SELECT ga_taken::bigint FROM ticket_categories WHERE id = (SELECT ticket_category_id FROM tickets WHERE order_no = $1 LIMIT 1)";
+    assert_eq!(
+        count(&app, taken, &no).await,
+        0,
+        "the refunded tickets are back in the pool"
+    );
+    let remaining = poll_until(
+        Duration::from_secs(5),
+        async || {
+            let map: Value = app
+                .get(&format!("/api/v1/programs/{program}/seats"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            map["categories"][1]["remaining"].as_i64()
+        },
+        |r| *r == Some(30),
+    )
+    .await;
+    assert_eq!(
+        remaining,
+        Some(30),
+        "the seat map counts them available again"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicated_callback_is_applied_once() {
+    let app = spawn_app_with(|s| s.payments.mockpay.duplicate_callbacks = true).await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    complete(&app, &pay_url).await;
+    let delivered = poll_until(
+        Duration::from_secs(10),
+        async || trade(&app, &payment_id).await["callbacks_delivered"].as_i64(),
+        |n| *n == Some(2),
+    )
+    .await;
+    assert_eq!(
+        delivered,
+        Some(2),
+        "both copies reached the notify endpoint and got 2xx"
+    );
+    assert_eq!(status(&app, &b.token, &no).await, "paid");
+    assert_eq!(count(&app, PAID_EVENTS, &no).await, 1, "paid once");
+    assert_eq!(count(&app, REFUNDS, &no).await, 0);
+}
+
+#[tokio::test]
+async fn a_dropped_callback_is_found_by_pay_check() {
+    let app = spawn_app_with(|s| s.payments.mockpay.drop_callbacks = true).await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    complete(&app, &pay_url).await;
+    assert_eq!(
+        trade(&app, &payment_id).await["trade_status"],
+        "TRADE_SUCCESS"
+    );
+    assert_eq!(
+        status(&app, &b.token, &no).await,
+        "pending_payment",
+        "no callback came"
+    );
+
+    let r = act(&app, &b.token, &no, "pay-check").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "paid");
+    let map = seats_once(&app, program, |s| s[0].1 == "sold").await;
+    assert_eq!(map[0].1, "sold");
+    assert_eq!(trade(&app, &payment_id).await["callbacks_delivered"], 0);
+}
+
+#[tokio::test]
+async fn a_delayed_callback_after_pay_check_changes_nothing() {
+    let app = spawn_app_with(|s| s.payments.mockpay.callback_delay_ms = 1_000).await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    complete(&app, &pay_url).await;
+    let r = act(&app, &b.token, &no, "pay-check").await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "paid");
+    let delivered = poll_until(
+        Duration::from_secs(10),
+        async || trade(&app, &payment_id).await["callbacks_delivered"].as_i64(),
+        |n| *n == Some(1),
+    )
+    .await;
+    assert_eq!(
+        delivered,
+        Some(1),
+        "the late callback arrived and was acknowledged"
+    );
+    assert_eq!(count(&app, PAID_EVENTS, &no).await, 1);
+    assert_eq!(status(&app, &b.token, &no).await, "paid");
+}
+
+/// A notice for the bill as mockpay would send it.
+fn notice(payment_id: &str, amount_cents: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({"out_trade_no": payment_id, "trade_no": "MPforged",
+        "total_amount_cents": amount_cents, "trade_status": "TRADE_SUCCESS",
+        "paid_at": "2026-11-22T00:00:00Z"}))
+    .unwrap()
+}
+
+async fn notify(app: &TestApp, body: Vec<u8>, signature: Option<String>) -> reqwest::Response {
+    let mut req = app
+        .http
+        .post(format!("{}/api/v1/payments/notify/mockpay", app.address))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(sig) = signature {
+        req = req.header(SIGNATURE_HEADER, sig);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn forged_or_tampered_notices_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let (payment_id, _) = start_payment(&app, &b.token, &no).await;
+    let key = app.settings.secrets.payment_signing_key.clone();
+    let good = notice(&payment_id, 100_000);
+
+    let forged = sign(&SecretString::from("not-the-key"), &good);
+    assert_eq!(
+        code(notify(&app, good.clone(), Some(forged)).await).await,
+        (401, "BAD_SIGNATURE".into())
+    );
+    assert_eq!(
+        code(notify(&app, good.clone(), None).await).await,
+        (401, "BAD_SIGNATURE".into())
+    );
+    let tampered = notice(&payment_id, 1);
+    let signed_for_good = sign(&key, &good);
+    assert_eq!(
+        code(notify(&app, tampered, Some(signed_for_good)).await).await,
+        (401, "BAD_SIGNATURE".into())
+    );
+    let cheap = notice(&payment_id, 1);
+    let cheap_sig = sign(&key, &cheap);
+    assert_eq!(
+        code(notify(&app, cheap, Some(cheap_sig)).await).await,
+        (422, "AMOUNT_MISMATCH".into())
+    );
+    assert_eq!(status(&app, &b.token, &no).await, "pending_payment");
+    let paid_bills =
+        "SELECT count(*) FROM payment_bills WHERE order_no = $1 AND status <> 'created'";
+    assert_eq!(count(&app, paid_bills, &no).await, 0, "nothing changed");
+
+    // The same notice with the right signature is accepted: the refusals above were the signature's.
+    let sig = sign(&key, &good);
+    assert_eq!(notify(&app, good, Some(sig)).await.status(), 200);
+    assert_eq!(status(&app, &b.token, &no).await, "paid");
+}
+
+#[tokio::test]
+async fn a_payment_after_expiry_is_refunded_and_recorded() {
+    let app = spawn_app_with(|s| s.orders.payment_window_secs = 2).await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    assert_eq!(status_once(&app, &b.token, &no, "expired").await, "expired");
+
+    complete(&app, &pay_url).await;
+    let refunded = poll_until(
+        Duration::from_secs(10),
+        async || count(&app, REFUNDS_DONE, &no).await,
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(refunded, 1, "the late payment was refunded");
+    let reason: String = app
+        .pg
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT reason FROM refunds WHERE order_no = $1",
+            &[&no.parse::<i64>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "order_expired");
+    assert_eq!(trade(&app, &payment_id).await["trade_status"], "REFUNDED");
+    assert_eq!(status(&app, &b.token, &no).await, "expired");
+    let map = seats_once(&app, program, |s| s[0].1 == "available").await;
+    assert_eq!(
+        (map[0].1.as_str(), map[1].1.as_str()),
+        ("available", "available")
+    );
+    assert_eq!(count(&app, PAID_EVENTS, &no).await, 0);
+}
+
+#[tokio::test]
+async fn payment_error_codes() {
+    let app = spawn_app().await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let other = buyers(&app, 1, 1).await.remove(0);
+    let pay = format!("/api/v1/orders/{no}/payments");
+    let refund = format!("/api/v1/orders/{no}/refund");
+
+    let r = app
+        .post(&pay, Some(&other.token), &json!({"channel": "mockpay"}))
+        .await;
+    assert_eq!(
+        code(r).await,
+        (404, "NOT_FOUND".into()),
+        "another user's order"
+    );
+    let r = app
+        .post(&pay, Some(&b.token), &json!({"channel": "cashbox"}))
+        .await;
+    assert_eq!(code(r).await.0, 422, "unknown channel");
+    let r = app.post(&refund, Some(&b.token), &json!({})).await;
+    assert_eq!(
+        code(r).await,
+        (409, "NOT_REFUNDABLE".into()),
+        "not paid yet"
+    );
+    let r = app.post(&pay, None, &json!({"channel": "mockpay"})).await;
+    assert_eq!(r.status(), 401);
+
+    let (_, pay_url) = start_payment(&app, &b.token, &no).await;
+    complete(&app, &pay_url).await;
+    status_once(&app, &b.token, &no, "paid").await;
+    let r = app
+        .post(&pay, Some(&b.token), &json!({"channel": "mockpay"}))
+        .await;
+    assert_eq!(code(r).await, (409, "NOT_PAYABLE".into()), "already paid");
+    let r = act(&app, &b.token, &no, "cancel").await;
+    assert_eq!(
+        code(r).await.0,
+        409,
+        "a paid order is refunded, not cancelled"
+    );
+
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE show_times SET starts_at = now() - interval '1 hour' WHERE program_id = $1",
+            &[&program],
+        )
+        .await
+        .unwrap();
+    let r = app.post(&refund, Some(&b.token), &json!({})).await;
+    assert_eq!(code(r).await, (409, "SHOW_STARTED".into()));
+    assert_eq!(status(&app, &b.token, &no).await, "paid");
+}
