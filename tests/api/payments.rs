@@ -427,3 +427,118 @@ async fn payment_error_codes() {
     assert_eq!(code(r).await, (409, "SHOW_STARTED".into()));
     assert_eq!(status(&app, &b.token, &no).await, "paid");
 }
+
+/// Where one racing order ended, read from Postgres.
+async fn settled_state(app: &TestApp, no: &str) -> (String, i64, i64, i64) {
+    let no: i64 = no.parse().unwrap();
+    let row = app
+        .pg
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT o.status,
+                    (SELECT count(*) FROM seats s WHERE s.order_no = o.order_no AND s.status = 'sold'),
+                    (SELECT count(*) FROM refunds r WHERE r.order_no = o.order_no AND r.status = 'succeeded'),
+                    (SELECT count(*) FROM outbox e WHERE e.order_no = o.order_no AND e.event_type = 'OrderPaid')
+             FROM orders o WHERE o.gene = ($1::bigint & 15)::smallint AND o.order_no = $1",
+            &[&no],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+/// Payments land around the moment their orders expire, on a seeded schedule; whatever wins,
+/// each order ends either paid with its seat sold, or expired with its seat free and the money
+/// refunded — never both, never neither — and the live seat map agrees with Postgres.
+#[tokio::test]
+async fn payments_racing_expiry_end_paid_or_refunded_never_both() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let seed: u64 = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("payment race seed {seed} (SIM_SEED={seed} reproduces the schedule)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let app = spawn_app_with(|s| s.orders.payment_window_secs = 2).await;
+    let (program, front, _) = on_sale(&app, 1, 1).await;
+    let racers = buyers(&app, 12, 1).await;
+    let mut orders = Vec::new();
+    for (i, b) in racers.iter().enumerate() {
+        let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers, "ticket_category_id": front, "quantity": 1});
+        let placed: Value = order(&app, &b.token, &format!("r{i}"), &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let no = placed["order_no"].as_str().unwrap().to_string();
+        let (_, pay_url) = start_payment(&app, &b.token, &no).await;
+        let expires_at: chrono::DateTime<chrono::Utc> =
+            placed["expires_at"].as_str().unwrap().parse().unwrap();
+        // Pay anywhere from 600 ms before the deadline to 400 ms after it.
+        let at = expires_at + chrono::Duration::milliseconds(rng.gen_range(-600..400));
+        orders.push((b.token.clone(), no, pay_url, at));
+    }
+    let app_ref = &app;
+    let payers = orders.iter().map(|(_, _, pay_url, at)| async move {
+        let wait = (*at - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await; // the schedule itself, not a wait for a condition
+        complete(app_ref, pay_url).await;
+    });
+    futures::future::join_all(payers).await;
+
+    let mut paid = 0;
+    for (token, no, _, _) in &orders {
+        let end = poll_until(
+            Duration::from_secs(10),
+            async || settled_state(&app, no).await,
+            |(status, _, refunds, _)| status == "paid" || (status == "expired" && *refunds == 1),
+        )
+        .await;
+        match end.0.as_str() {
+            "paid" => {
+                paid += 1;
+                assert_eq!(
+                    (end.1, end.2, end.3),
+                    (1, 0, 1),
+                    "paid: seat sold, no refund, one event (seed {seed})"
+                );
+            }
+            _ => assert_eq!(
+                (end.0.as_str(), end.1, end.2, end.3),
+                ("expired", 0, 1, 0),
+                "seed {seed}"
+            ),
+        }
+        assert_eq!(status(&app, token, no).await, end.0);
+    }
+    println!(
+        "{paid} of {} orders paid, the rest expired and refunded",
+        orders.len()
+    );
+    let sold_in_pg = "SELECT count(*) FROM seats WHERE ticket_category_id = $1 AND status = 'sold'";
+    let sold = app
+        .pg
+        .get()
+        .await
+        .unwrap()
+        .query_one(sold_in_pg, &[&front])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(sold, paid, "seed {seed}");
+    let map = seats_once(&app, program, |s| {
+        s.iter().filter(|x| x.1 == "sold").count() as i64 == paid
+    })
+    .await;
+    assert_eq!(
+        map.iter().filter(|x| x.1 == "sold").count() as i64,
+        paid,
+        "seat map agrees (seed {seed})"
+    );
+    assert!(
+        map.iter().all(|x| x.1 != "held"),
+        "no hold outlives the race (seed {seed})"
+    );
+}
