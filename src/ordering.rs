@@ -157,13 +157,20 @@ impl Ordering {
         program: &ProgramDetail,
     ) -> Result<(), OrderError> {
         let client = self.pg.get().await.map_err(StoreError::from)?;
-        let row = client
-            .query_one(
+        // Prepared once per pooled connection: parsing this on every order showed in profiles.
+        let statement = client
+            .prepare_cached(
                 "SELECT (SELECT count(*) FROM ticket_buyers WHERE user_id = $1 AND id = ANY($2) AND deleted_at IS NULL),
                         (SELECT count(*) FROM buyer_claims WHERE program_id = $3 AND ticket_buyer_id = ANY($2)),
                         (SELECT count(*) FROM tickets t JOIN orders o ON o.gene = t.gene AND o.order_no = t.order_no
                          WHERE o.gene = ($1::bigint & 15)::smallint AND o.user_id = $1 AND o.program_id = $3
                            AND o.status IN ('pending_payment', 'paid'))",
+            )
+            .await
+            .map_err(StoreError::from)?;
+        let row = client
+            .query_one(
+                &statement,
                 &[&user_id, &req.ticket_buyer_ids, &req.program_id],
             )
             .await

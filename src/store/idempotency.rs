@@ -12,15 +12,15 @@ pub type Stored = (Vec<u8>, u16, Vec<u8>);
 
 /// The stored answer for (user, key), if the request completed.
 pub async fn lookup(pool: &PgPool, user_id: i64, key: &str) -> Result<Option<Stored>, StoreError> {
-    let row = pool
-        .get()
-        .await?
-        .query_opt(
+    let client = pool.get().await?;
+    // Every order asks this first; prepared once per pooled connection.
+    let statement = client
+        .prepare_cached(
             "SELECT request_hash, response_status, response_body FROM idempotency_keys
              WHERE user_id = $1 AND idem_key = $2 AND created_at > now() - interval '24 hours'",
-            &[&user_id, &key],
         )
         .await?;
+    let row = client.query_opt(&statement, &[&user_id, &key]).await?;
     Ok(row.map(|r| {
         (
             r.get(0),
