@@ -1,9 +1,9 @@
 //! `boxoffice bench ordering`: N buyers race over HTTP for one hot seated category until it is
-//! sold out, against (A) boxoffice as built (group commit) and (B) the same server with the
-//! writer committing each order in its own transaction (batch size 1, one writer per pool
-//! connection, in parallel). Alternating rounds, a fresh program per round, one process. The
-//! same server's requests/s on a trivial JSON endpoint (`/healthz`) is measured as the HTTP
-//! ceiling.
+//! sold out, against (A) boxoffice as built (group commit), (B) the same server with the writer
+//! committing each order in its own transaction on every pool connection in parallel, and (B′)
+//! the same with the single writer committing each order in its own transaction (see `MODES`).
+//! Alternating rounds, a fresh program per round, one process. The same server's requests/s on a
+//! trivial JSON endpoint (`/healthz`) is measured as the HTTP ceiling.
 
 use super::{Latencies, Scratch, Server, get_load, ratio};
 use crate::auth::TokenKeys;
@@ -65,7 +65,7 @@ pub struct Report {
 /// One mode, rounds summed.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeRun {
-    /// `group_commit` or `per_order_tx`.
+    /// `group_commit`, `per_order_tx` or `per_order_tx_one_writer` (see `MODES`).
     pub mode: String,
     /// 201s.
     pub orders: u64,
@@ -113,14 +113,25 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
         },
     )
     .await?;
+    let one_writer = Server::start(
+        scratch.settings.clone(),
+        &format!("bench-ordering:{suffix}:one-writer:"),
+        |s| {
+            s.writer.max_batch = 1;
+            s.writer.max_wait_ms = 0;
+        },
+    )
+    .await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
         .build()?;
     wait_ready(&http, &group.base).await?;
     wait_ready(&http, &per_order.base).await?;
+    wait_ready(&http, &one_writer.base).await?;
     let modes = [
-        ("group_commit", group.base.clone()),
-        ("per_order_tx", per_order.base.clone()),
+        (MODES[0], group.base.clone()),
+        (MODES[1], per_order.base.clone()),
+        (MODES[2], one_writer.base.clone()),
     ];
     let mut totals: BTreeMap<usize, Totals> = BTreeMap::new();
     for round in 0..opts.rounds as usize {
@@ -131,7 +142,7 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
             let outcome = race(&http, &modes[m].1, &racers, program, category, opts, round).await;
             let violations = check(&pool, category, opts.rows * SEATS_PER_ROW, &outcome).await?;
             eprintln!(
-                "round {} {:<13} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, violations: {}",
+                "round {} {:<23} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, violations: {}",
                 round + 1,
                 modes[m].0,
                 outcome.ok,
@@ -145,15 +156,16 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
     let trivial = trivial_rps(&http, &group.base, opts).await;
     group.stop().await;
     per_order.stop().await;
+    one_writer.stop().await;
     pool.close();
     scratch.remove().await;
-    Ok(report(
-        opts,
-        &["group_commit", "per_order_tx"],
-        totals,
-        trivial,
-    ))
+    Ok(report(opts, &MODES, totals, trivial))
 }
+
+/// (A) as built; (B) one transaction per order on every pool connection in parallel, the
+/// conventional design; (B′) one transaction per order through the single writer, the issue's
+/// literal baseline ("the writer committing each order in its own transaction").
+const MODES: [&str; 3] = ["group_commit", "per_order_tx", "per_order_tx_one_writer"];
 
 async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
@@ -406,6 +418,10 @@ fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivi
             ratio(rate("group_commit"), rate("per_order_tx")),
         ),
         (
+            "group_vs_per_order_one_writer".to_string(),
+            ratio(rate("group_commit"), rate("per_order_tx_one_writer")),
+        ),
+        (
             "orders_vs_trivial".to_string(),
             ratio(rate("group_commit"), trivial),
         ),
@@ -433,12 +449,12 @@ fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivi
 /// A human-readable table of the report.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
-        "ordering: {:<13} {:>7} {:>9} {:>10} {:>9} {:>9} {:>6}\n",
+        "ordering: {:<23} {:>7} {:>9} {:>10} {:>9} {:>9} {:>6}\n",
         "mode", "orders", "orders/s", "sellout s", "p50 µs", "p99 µs", "valid"
     );
     for r in &report.runs {
         out += &format!(
-            "          {:<13} {:>7} {:>9.0} {:>10.2} {:>9} {:>9} {:>6}\n",
+            "          {:<23} {:>7} {:>9.0} {:>10.2} {:>9} {:>9} {:>6}\n",
             r.mode,
             r.orders,
             r.orders_per_sec,

@@ -71,7 +71,7 @@ async fn catalog_bench_compares_a_warm_cache_with_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ordering_bench_sells_out_in_both_modes_without_oversell() {
+async fn ordering_bench_sells_out_in_every_mode_without_oversell() {
     let db = TestDb::create().await;
     let settings = test_settings(&db.name);
     let opts = boxoffice::bench::ordering::Options {
@@ -85,6 +85,7 @@ async fn ordering_bench_sells_out_in_both_modes_without_oversell() {
         .await
         .expect("bench runs");
     assert!(report.valid, "{report:?}");
+    assert_eq!(report.runs.len(), 3, "{report:?}");
     for r in &report.runs {
         assert_eq!((r.orders, r.sold_out, r.errors), (40, 20, 0), "{r:?}");
     }
