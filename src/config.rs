@@ -99,9 +99,12 @@ pub struct WriterConfig {
     pub max_wait_ms: u64,
     /// Changes queued before submitters wait.
     pub queue: usize,
-    /// Writer tasks; keep 1 (see `WriterSettings::writers`).
+    /// Writer tasks per shard; keep 1 (see `WriterSettings::writers`).
     #[serde(default = "one")]
     pub writers: usize,
+    /// Independent writer queues, by the buyer's gene (see `WriterSettings::shards`).
+    #[serde(default = "one")]
+    pub shards: usize,
 }
 
 fn one() -> usize {
@@ -116,6 +119,7 @@ impl WriterConfig {
             max_wait: Duration::from_millis(self.max_wait_ms),
             queue: self.queue.max(1),
             writers: self.writers.max(1),
+            shards: self.shards.clamp(1, 16),
         }
     }
 }

@@ -110,6 +110,7 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
             s.writer.max_batch = 1;
             s.writer.max_wait_ms = 0;
             s.writer.writers = s.database.pool_size;
+            s.writer.shards = 1;
         },
     )
     .await?;
@@ -119,6 +120,7 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
         |s| {
             s.writer.max_batch = 1;
             s.writer.max_wait_ms = 0;
+            s.writer.shards = 1;
         },
     )
     .await?;

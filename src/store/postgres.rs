@@ -102,3 +102,9 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// Whether a failed transaction may simply be run again: Postgres aborted it to break a
+/// deadlock or a serialization conflict (SQLSTATE 40P01 / 40001, which [`describe`] puts first).
+pub fn is_transient_conflict(e: &super::StoreError) -> bool {
+    matches!(e, super::StoreError::Postgres(m) if m.starts_with("40P01") || m.starts_with("40001"))
+}

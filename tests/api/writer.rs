@@ -22,6 +22,7 @@ fn settings(max_batch: usize, max_wait_ms: u64) -> WriterSettings {
         max_wait: Duration::from_millis(max_wait_ms),
         queue: 1024,
         writers: 1,
+        shards: 1,
     }
 }
 
@@ -193,4 +194,29 @@ async fn a_failed_commit_fails_every_job_and_writes_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(held, 0);
+}
+
+#[tokio::test]
+async fn every_order_of_a_buyer_meets_the_same_shard_and_shards_spread_buyers() {
+    use boxoffice::domain::order_no::OrderNoGenerator;
+    let (_db, pool, _) = TestDb::migrated().await;
+    let writer = GroupCommitWriter::start(
+        pool,
+        WriterSettings {
+            shards: 4,
+            ..settings(64, 1)
+        },
+    );
+    let ids = OrderNoGenerator::new(3);
+    let mut used = std::collections::HashSet::new();
+    for user_id in 1..=64_i64 {
+        let first = writer.shard_of(ids.next(user_id, 1_000));
+        for ms in [2_000, 3_000_000, 90_000_000_000] {
+            let again = writer.shard_of(ids.next(user_id, ms));
+            assert_eq!(again, first, "user {user_id}: one buyer, one writer");
+        }
+        assert_eq!(first, (user_id & 15) as usize % 4);
+        used.insert(first);
+    }
+    assert_eq!(used.len(), 4, "buyers spread over every shard");
 }
