@@ -63,6 +63,9 @@ pub struct PaymentSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MockpaySettings {
+    /// Serve the mock provider and accept the `mockpay` channel. Off in production: anyone can
+    /// press its "pay" button.
+    pub enabled: bool,
     /// Where its API and checkout pages live; empty = this server's `server.public_url`.
     pub base_url: String,
     /// Callback deliveries tried before the provider gives up (a real provider retries for hours).

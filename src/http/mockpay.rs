@@ -119,8 +119,12 @@ fn callback_body(stored: &StoredTrade) -> Vec<u8> {
     serde_json::to_vec(&trade).unwrap_or_default()
 }
 
-/// The provider's routes (no rate limits: it stands for another company's servers).
-pub fn router() -> Router<AppState> {
+/// The provider's routes (no rate limits: it stands for another company's servers); none
+/// when `payments.mockpay.enabled` is off.
+pub fn router(state: &AppState) -> Router<AppState> {
+    if !state.settings.payments.mockpay.enabled {
+        return Router::new();
+    }
     Router::new()
         .route("/mockpay/api/trades", post(create_trade))
         .route("/mockpay/api/trades/{out_trade_no}", get(query_trade))

@@ -136,7 +136,9 @@ fn payment_parts(
     let key = settings.secrets.payment_signing_key.clone();
     let client = MockpayClient::new(&settings.mockpay_url(), key.clone());
     let mut providers: HashMap<String, Arc<dyn PaymentProvider>> = HashMap::new();
-    providers.insert(crate::payments::mockpay::CHANNEL.into(), Arc::new(client));
+    if settings.payments.mockpay.enabled {
+        providers.insert(crate::payments::mockpay::CHANNEL.into(), Arc::new(client));
+    }
     let payments = Payments::new(
         stores.pg.clone(),
         supervisor.clone(),
@@ -219,7 +221,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router(&state))
         .merge(orders::router(&state))
         .merge(payments::router(&state))
-        .merge(mockpay::router())
+        .merge(mockpay::router(&state))
         .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
         .fallback(error::fallback)
         .layer(layers)

@@ -542,3 +542,19 @@ async fn payments_racing_expiry_end_paid_or_refunded_never_both() {
         "no hold outlives the race (seed {seed})"
     );
 }
+
+#[tokio::test]
+async fn with_mockpay_disabled_there_is_no_such_channel_and_no_provider_pages() {
+    let app = spawn_app_with(|s| s.payments.mockpay.enabled = false).await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let path = format!("/api/v1/orders/{no}/payments");
+    let r = app
+        .post(&path, Some(&b.token), &json!({"channel": "mockpay"}))
+        .await;
+    assert_eq!(code(r).await, (422, "VALIDATION".into()));
+    let page = app.get("/mockpay/checkout/anything").await;
+    assert_eq!(page.status(), 404);
+    let notice = notify(&app, notice("x", 1), Some("00".into())).await;
+    assert_eq!(notice.status(), 422, "unknown channel");
+}
