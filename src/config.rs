@@ -55,6 +55,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentSettings {
+    /// Every this many seconds, refunds unconfirmed for as long are sent again (0 = never).
+    pub refund_retry_secs: u64,
     /// The mock provider.
     pub mockpay: MockpaySettings,
 }

@@ -54,6 +54,7 @@ pub async fn serve(
     tracing::info!(applied, "migrations up to date");
     let state = http::AppState::new(settings, stores, telemetry::metrics_handle())?;
     tokio::spawn(fill_bloom(state.clone()));
+    tokio::spawn(retry_refunds(state.clone()));
     let subscriber = store::RedisStore::subscriber(&state.settings.redis).await?;
     state.catalog.listen(subscriber).await?;
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
@@ -71,6 +72,24 @@ async fn fill_bloom(state: http::AppState) {
     match state.bloom.fill_from(&state.stores.pg).await {
         Ok(n) => tracing::info!(handles = n, "registration bloom filter filled"),
         Err(e) => tracing::warn!(error = %e, "registration bloom filter not filled"),
+    }
+}
+
+/// Sends again, every `payments.refund_retry_secs`, the refunds a provider has not confirmed:
+/// a refund owed for a late or duplicate payment must not depend on the buyer asking.
+async fn retry_refunds(state: http::AppState) {
+    let every = state.settings.payments.refund_retry_secs;
+    if every == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+    loop {
+        tick.tick().await;
+        match state.payments.retry_refunds(every as i64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(refunds = n, "unconfirmed refunds sent again"),
+            Err(e) => tracing::warn!(error = %e, "refund retry failed; next round tries again"),
+        }
     }
 }
 

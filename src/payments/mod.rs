@@ -277,10 +277,20 @@ impl Payments {
                 self.apply(&trade).await?;
             }
         }
-        for due in bills::requested_refunds(&self.pg, order_no).await? {
+        for due in bills::requested_refunds(&self.pg, Some(order_no), 0).await? {
             self.send_refund(&due).await;
         }
         Ok(())
+    }
+
+    /// Sends again every refund the provider has not confirmed within `older_than_secs` (it was
+    /// down, or answered badly); answers how many it tried. Run periodically by the server.
+    pub async fn retry_refunds(&self, older_than_secs: i64) -> Result<usize, PaymentError> {
+        let due = bills::requested_refunds(&self.pg, None, older_than_secs).await?;
+        for refund in &due {
+            self.send_refund(refund).await;
+        }
+        Ok(due.len())
     }
 
     /// Refunds a paid order before the show; repeating it is harmless.

@@ -121,16 +121,23 @@ pub async fn open_bills(pool: &PgPool, order_no: i64) -> Result<Vec<Bill>, Store
         .collect())
 }
 
-/// Refunds of the order recorded but not yet confirmed by the provider (retried by pay-check).
-pub async fn requested_refunds(pool: &PgPool, order_no: i64) -> Result<Vec<RefundDue>, StoreError> {
+/// Refunds recorded at least `older_than_secs` ago but not yet confirmed by the provider — of
+/// one order (pay-check) or of all (the background retry), oldest first, at most 100.
+pub async fn requested_refunds(
+    pool: &PgPool,
+    order_no: Option<i64>,
+    older_than_secs: i64,
+) -> Result<Vec<RefundDue>, StoreError> {
     let rows = pool
         .get()
         .await?
         .query(
             "SELECT r.id, r.payment_id, b.channel, r.amount_cents, r.reason
              FROM refunds r JOIN payment_bills b ON b.id = r.payment_id
-             WHERE r.order_no = $1 AND r.status = 'requested'",
-            &[&order_no],
+             WHERE r.status = 'requested' AND ($1::bigint IS NULL OR r.order_no = $1)
+               AND r.created_at <= now() - make_interval(secs => $2::bigint)
+             ORDER BY r.created_at LIMIT 100",
+            &[&order_no, &older_than_secs],
         )
         .await?;
     Ok(rows

@@ -558,3 +558,49 @@ async fn with_mockpay_disabled_there_is_no_such_channel_and_no_provider_pages() 
     let notice = notify(&app, notice("x", 1), Some("00".into())).await;
     assert_eq!(notice.status(), 422, "unknown channel");
 }
+
+#[tokio::test]
+async fn a_refund_the_provider_never_confirmed_is_sent_again_in_the_background() {
+    let app = spawn_app_with(|s| {
+        s.payments.refund_retry_secs = 1;
+        s.orders.payment_window_secs = 2;
+        s.payments.mockpay.drop_callbacks = true;
+    })
+    .await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    status_once(&app, &b.token, &no, "expired").await;
+    let paid = complete(&app, &pay_url).await;
+    // What the late notice left behind when the provider's refund API was down: the bill paid,
+    // the refund recorded and never confirmed.
+    let (order_no, payment): (i64, uuid::Uuid) = (no.parse().unwrap(), payment_id.parse().unwrap());
+    let pg = app.pg.get().await.unwrap();
+    pg.execute(
+        "UPDATE payment_bills SET status = 'paid', trade_no = $2, paid_at = now() WHERE id = $1",
+        &[&payment, &paid["trade_no"].as_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "INSERT INTO refunds (id, order_no, payment_id, amount_cents, reason, status, created_at)
+         VALUES (gen_random_uuid(), $1, $2, 100000, 'order_expired', 'requested', now() - interval '1 minute')",
+        &[&order_no, &payment],
+    )
+    .await
+    .unwrap();
+    let done = poll_until(
+        Duration::from_secs(10),
+        async || count(&app, REFUNDS_DONE, &no).await,
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(
+        done, 1,
+        "the background retry got the provider to confirm it"
+    );
+    assert_eq!(trade(&app, &payment_id).await["trade_status"], "REFUNDED");
+    let refunded_bills =
+        "SELECT count(*) FROM payment_bills WHERE order_no = $1 AND status = 'refunded'";
+    assert_eq!(count(&app, refunded_bills, &no).await, 1);
+}
