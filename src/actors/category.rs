@@ -160,8 +160,9 @@ impl CategoryActor {
         let write = self.store.apply(change.clone());
         write.into_actor(self).map(move |res, act, ctx| {
             let ok = res.is_ok();
-            if let Some(delta) = act.inv.finish(&change, ok) {
-                act.committed(&change, delta, ctx);
+            match act.inv.finish(&change, ok) {
+                Some(delta) => act.committed(&change, delta, ctx),
+                None => act.counts_changed(),
             }
             res.map_err(|e| {
                 tracing::warn!(order_no = change.order_no, kind = ?change.kind, error = %e, "inventory write failed");
@@ -171,6 +172,15 @@ impl CategoryActor {
                 ActorError::CommitFailed(e.to_string())
             })
         })
+    }
+
+    /// The published snapshot is stale: counts include pending holds, so taking or dropping one
+    /// changes them even when no seat changes colour.
+    fn counts_changed(&mut self) {
+        self.dirty = true;
+        if self.settings.snapshot_interval_ms == 0 {
+            self.publish_snapshot_if_dirty();
+        }
     }
 
     /// Memory no longer matches Postgres (another transaction moved this order's rows, e.g. a
@@ -232,10 +242,7 @@ impl CategoryActor {
             }
             ChangeKind::Return => self.totals.returns += 1,
         }
-        self.dirty = true;
-        if self.settings.snapshot_interval_ms == 0 {
-            self.publish_snapshot_if_dirty();
-        }
+        self.counts_changed();
         // No subscribers is fine: the send only fails when nobody listens.
         let _ = self.deltas.send(Arc::new(delta));
     }
@@ -279,8 +286,10 @@ impl CategoryActor {
             return false;
         };
         ctx.cancel_future(timer);
-        if let Some(delta) = self.inv.finish(&change, committed) {
-            self.committed(&change, delta, ctx);
+        match self.inv.finish(&change, committed) {
+            Some(delta) => self.committed(&change, delta, ctx),
+            // A dropped reservation frees tickets the published counts still include.
+            None => self.counts_changed(),
         }
         true
     }
@@ -292,6 +301,7 @@ impl Handler<Reserve> for CategoryActor {
     fn handle(&mut self, msg: Reserve, ctx: &mut Context<Self>) -> Self::Result {
         let hold = msg.0;
         let change = self.take(&hold)?;
+        self.counts_changed();
         let order = hold.order_no;
         let timeout = Duration::from_millis(self.settings.reservation_timeout_ms);
         let timer = ctx.run_later(timeout, move |act, ctx| {

@@ -930,3 +930,40 @@ async fn a_release_that_finds_its_rows_moved_makes_the_actor_reload() {
     );
     assert_eq!(stats.totals.releases, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_reservation_is_republished_in_the_counts() {
+    use boxoffice::actors::{Reserve, Settle};
+    let rig = rig().await;
+    rig.supervisor
+        .call(
+            rig.ga,
+            Reserve(hold(21, Selection::Best(2), Duration::minutes(15))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rig.snapshot(rig.ga).await.counts.held,
+        2,
+        "pending holds count as held"
+    );
+    let settled = Settle {
+        order_no: 21,
+        committed: false,
+    };
+    assert!(rig.supervisor.call(rig.ga, settled).await.unwrap());
+    // Read what readers see (the published snapshot), without messaging the actor.
+    let sup = rig.supervisor.clone();
+    let ga = rig.ga;
+    let published = poll_until(
+        std::time::Duration::from_secs(3),
+        async || sup.snapshot(ga).await.unwrap().counts.available,
+        |available| *available == GA_CAPACITY,
+    )
+    .await;
+    assert_eq!(
+        published, GA_CAPACITY,
+        "the freed tickets reach the published seat map"
+    );
+}
