@@ -67,6 +67,16 @@ async fn trade(app: &TestApp, payment_id: &str) -> Value {
         .unwrap()
 }
 
+/// The provider's count of acknowledged callbacks, once it reaches `n` (or after 10 s).
+async fn deliveries_once(app: &TestApp, payment_id: &str, n: i64) -> Option<i64> {
+    poll_until(
+        Duration::from_secs(10),
+        async || trade(app, payment_id).await["callbacks_delivered"].as_i64(),
+        |d| *d == Some(n),
+    )
+    .await
+}
+
 async fn status(app: &TestApp, token: &str, no: &str) -> String {
     let order: Value = app
         .get_as(token, &format!("/api/v1/orders/{no}"))
@@ -204,12 +214,7 @@ async fn a_duplicated_callback_is_applied_once() {
     let (b, no) = two_seat_order(&app, program).await;
     let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
     complete(&app, &pay_url).await;
-    let delivered = poll_until(
-        Duration::from_secs(10),
-        async || trade(&app, &payment_id).await["callbacks_delivered"].as_i64(),
-        |n| *n == Some(2),
-    )
-    .await;
+    let delivered = deliveries_once(&app, &payment_id, 2).await;
     assert_eq!(
         delivered,
         Some(2),
@@ -254,12 +259,7 @@ async fn a_delayed_callback_after_pay_check_changes_nothing() {
     complete(&app, &pay_url).await;
     let r = act(&app, &b.token, &no, "pay-check").await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "paid");
-    let delivered = poll_until(
-        Duration::from_secs(10),
-        async || trade(&app, &payment_id).await["callbacks_delivered"].as_i64(),
-        |n| *n == Some(1),
-    )
-    .await;
+    let delivered = deliveries_once(&app, &payment_id, 1).await;
     assert_eq!(
         delivered,
         Some(1),
