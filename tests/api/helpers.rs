@@ -594,3 +594,20 @@ pub async fn code(r: reqwest::Response) -> (u16, String) {
         body["error"]["code"].as_str().unwrap_or("").to_string(),
     )
 }
+
+/// One value Postgres answers about an order (`$1` is its number, given as the API shows it).
+pub async fn order_fact<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    app: &TestApp,
+    sql: &str,
+    order_no: &str,
+) -> T {
+    let order_no: i64 = order_no.parse().expect("an order number");
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[&order_no])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}

@@ -3,8 +3,8 @@
 //! key (the accounts API has its own tests), so races of hundreds of buyers start fast.
 
 use crate::helpers::{
-    buyers, code, on_sale, order, poll_until, seat_ids, seats_once, signed_in_admin, spawn_app,
-    spawn_app_with,
+    buyers, code, on_sale, order, order_fact, poll_until, seat_ids, seats_once, signed_in_admin,
+    spawn_app, spawn_app_with,
 };
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -72,18 +72,8 @@ async fn order_then_cancel_moves_seats_and_shows_everywhere() {
         )
         .await;
     assert_eq!(again.status(), 200, "cancelling twice is harmless");
-    let events: i64 = app
-        .pg
-        .get()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM outbox WHERE order_no = $1",
-            &[&no.parse::<i64>().unwrap()],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let events: i64 =
+        order_fact(&app, "SELECT count(*) FROM outbox WHERE order_no = $1", &no).await;
     assert_eq!(events, 2, "OrderCreated and OrderCancelled, once each");
 }
 

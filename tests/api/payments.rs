@@ -3,8 +3,8 @@
 //! notices, late payments and refunds, and the error codes.
 
 use crate::helpers::{
-    Buyer, TestApp, buyers, code, on_sale, order, poll_until, seat_ids, seats_once, spawn_app,
-    spawn_app_with,
+    Buyer, TestApp, buyers, code, on_sale, order, order_fact, poll_until, seat_ids, seats_once,
+    spawn_app, spawn_app_with,
 };
 use boxoffice::payments::mockpay::{SIGNATURE_HEADER, sign};
 use secrecy::SecretString;
@@ -24,6 +24,28 @@ async fn two_seat_order(app: &TestApp, program: i64) -> (Buyer, String) {
         .unwrap()
         .to_string();
     (b, no)
+}
+
+/// A program on sale and a fresh buyer's two-seat order with an open mockpay payment.
+struct Checkout {
+    program: i64,
+    buyer: Buyer,
+    no: String,
+    payment_id: String,
+    pay_url: String,
+}
+
+async fn checkout(app: &TestApp) -> Checkout {
+    let (program, _, _) = on_sale(app, 4, 4).await;
+    let (buyer, no) = two_seat_order(app, program).await;
+    let (payment_id, pay_url) = start_payment(app, &buyer.token, &no).await;
+    Checkout {
+        program,
+        buyer,
+        no,
+        payment_id,
+        pay_url,
+    }
 }
 
 /// Opens a mockpay payment: (payment id, pay URL).
@@ -96,19 +118,6 @@ async fn status_once(app: &TestApp, token: &str, no: &str, wanted: &str) -> Stri
     .await
 }
 
-/// One number from Postgres about the order (`$1` is the order number).
-async fn count(app: &TestApp, sql: &str, no: &str) -> i64 {
-    let no: i64 = no.parse().unwrap();
-    app.pg
-        .get()
-        .await
-        .unwrap()
-        .query_one(sql, &[&no])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 const PAID_EVENTS: &str =
     "SELECT count(*) FROM outbox WHERE order_no = $1 AND event_type = 'OrderPaid'";
 const REFUNDS: &str = "SELECT count(*) FROM refunds WHERE order_no = $1";
@@ -118,9 +127,14 @@ const REFUNDS_DONE: &str =
 #[tokio::test]
 async fn pay_then_refund_moves_the_order_and_its_seats() {
     let app = spawn_app().await;
-    let (program, _, _) = on_sale(&app, 4, 4).await;
-    let (b, no) = two_seat_order(&app, program).await;
-    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    let Checkout {
+        program,
+        buyer: b,
+        no,
+        payment_id,
+        pay_url,
+        ..
+    } = checkout(&app).await;
     assert!(pay_url.starts_with(&format!("{}/mockpay/checkout/", app.address)));
     let page = app.http.get(&pay_url).send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -139,9 +153,9 @@ async fn pay_then_refund_moves_the_order_and_its_seats() {
         (map[0].1.as_str(), map[1].1.as_str(), map[2].1.as_str()),
         ("sold", "sold", "available")
     );
-    assert_eq!(count(&app, PAID_EVENTS, &no).await, 1);
+    assert_eq!(order_fact::<i64>(&app, PAID_EVENTS, &no).await, 1);
     let sold_rows = "SELECT count(*) FROM seats WHERE order_no = $1 AND status = 'sold'";
-    assert_eq!(count(&app, sold_rows, &no).await, 2);
+    assert_eq!(order_fact::<i64>(&app, sold_rows, &no).await, 2);
 
     let r = act(&app, &b.token, &no, "refund").await;
     assert_eq!(r.status(), 200);
@@ -154,11 +168,11 @@ async fn pay_then_refund_moves_the_order_and_its_seats() {
         (map[0].1.as_str(), map[1].1.as_str()),
         ("available", "available")
     );
-    assert_eq!(count(&app, REFUNDS_DONE, &no).await, 1);
+    assert_eq!(order_fact::<i64>(&app, REFUNDS_DONE, &no).await, 1);
     assert_eq!(trade(&app, &payment_id).await["trade_status"], "REFUNDED");
     let again = act(&app, &b.token, &no, "refund").await;
     assert_eq!(again.status(), 200, "refunding twice is harmless");
-    assert_eq!(count(&app, REFUNDS, &no).await, 1);
+    assert_eq!(order_fact::<i64>(&app, REFUNDS, &no).await, 1);
 }
 
 #[tokio::test]
@@ -177,12 +191,12 @@ async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
     complete(&app, &pay_url).await;
     assert_eq!(status_once(&app, &b.token, &no, "paid").await, "paid");
     let sold = "SELECT count(*) FROM ga_holds WHERE order_no = $1 AND status = 'sold'";
-    assert_eq!(count(&app, sold, &no).await, 1);
+    assert_eq!(order_fact::<i64>(&app, sold, &no).await, 1);
     let r = act(&app, &b.token, &no, "refund").await;
     assert_eq!(r.status(), 200);
     let taken = "SELECT ga_taken::bigint FROM ticket_categories WHERE id = (SELECT ticket_category_id FROM tickets WHERE order_no = $1 LIMIT 1)";
     assert_eq!(
-        count(&app, taken, &no).await,
+        order_fact::<i64>(&app, taken, &no).await,
         0,
         "the refunded tickets are back in the pool"
     );
@@ -210,9 +224,13 @@ async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
 #[tokio::test]
 async fn a_duplicated_callback_is_applied_once() {
     let app = spawn_app_with(|s| s.payments.mockpay.duplicate_callbacks = true).await;
-    let (program, _, _) = on_sale(&app, 4, 4).await;
-    let (b, no) = two_seat_order(&app, program).await;
-    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    let Checkout {
+        buyer: b,
+        no,
+        payment_id,
+        pay_url,
+        ..
+    } = checkout(&app).await;
     complete(&app, &pay_url).await;
     let delivered = deliveries_once(&app, &payment_id, 2).await;
     assert_eq!(
@@ -221,16 +239,25 @@ async fn a_duplicated_callback_is_applied_once() {
         "both copies reached the notify endpoint and got 2xx"
     );
     assert_eq!(status(&app, &b.token, &no).await, "paid");
-    assert_eq!(count(&app, PAID_EVENTS, &no).await, 1, "paid once");
-    assert_eq!(count(&app, REFUNDS, &no).await, 0);
+    assert_eq!(
+        order_fact::<i64>(&app, PAID_EVENTS, &no).await,
+        1,
+        "paid once"
+    );
+    assert_eq!(order_fact::<i64>(&app, REFUNDS, &no).await, 0);
 }
 
 #[tokio::test]
 async fn a_dropped_callback_is_found_by_pay_check() {
     let app = spawn_app_with(|s| s.payments.mockpay.drop_callbacks = true).await;
-    let (program, _, _) = on_sale(&app, 4, 4).await;
-    let (b, no) = two_seat_order(&app, program).await;
-    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    let Checkout {
+        program,
+        buyer: b,
+        no,
+        payment_id,
+        pay_url,
+        ..
+    } = checkout(&app).await;
     complete(&app, &pay_url).await;
     assert_eq!(
         trade(&app, &payment_id).await["trade_status"],
@@ -253,9 +280,13 @@ async fn a_dropped_callback_is_found_by_pay_check() {
 #[tokio::test]
 async fn a_delayed_callback_after_pay_check_changes_nothing() {
     let app = spawn_app_with(|s| s.payments.mockpay.callback_delay_ms = 1_000).await;
-    let (program, _, _) = on_sale(&app, 4, 4).await;
-    let (b, no) = two_seat_order(&app, program).await;
-    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    let Checkout {
+        buyer: b,
+        no,
+        payment_id,
+        pay_url,
+        ..
+    } = checkout(&app).await;
     complete(&app, &pay_url).await;
     let r = act(&app, &b.token, &no, "pay-check").await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "paid");
@@ -265,7 +296,7 @@ async fn a_delayed_callback_after_pay_check_changes_nothing() {
         Some(1),
         "the late callback arrived and was acknowledged"
     );
-    assert_eq!(count(&app, PAID_EVENTS, &no).await, 1);
+    assert_eq!(order_fact::<i64>(&app, PAID_EVENTS, &no).await, 1);
     assert_eq!(status(&app, &b.token, &no).await, "paid");
 }
 
@@ -292,9 +323,12 @@ async fn notify(app: &TestApp, body: Vec<u8>, signature: Option<String>) -> reqw
 #[tokio::test]
 async fn forged_or_tampered_notices_are_refused_and_change_nothing() {
     let app = spawn_app().await;
-    let (program, _, _) = on_sale(&app, 4, 4).await;
-    let (b, no) = two_seat_order(&app, program).await;
-    let (payment_id, _) = start_payment(&app, &b.token, &no).await;
+    let Checkout {
+        buyer: b,
+        no,
+        payment_id,
+        ..
+    } = checkout(&app).await;
     let key = app.settings.secrets.payment_signing_key.clone();
     let good = notice(&payment_id, 100_000);
 
@@ -322,7 +356,11 @@ async fn forged_or_tampered_notices_are_refused_and_change_nothing() {
     assert_eq!(status(&app, &b.token, &no).await, "pending_payment");
     let paid_bills =
         "SELECT count(*) FROM payment_bills WHERE order_no = $1 AND status <> 'created'";
-    assert_eq!(count(&app, paid_bills, &no).await, 0, "nothing changed");
+    assert_eq!(
+        order_fact::<i64>(&app, paid_bills, &no).await,
+        0,
+        "nothing changed"
+    );
 
     // The same notice with the right signature is accepted: the refusals above were the signature's.
     let sig = sign(&key, &good);
@@ -333,31 +371,26 @@ async fn forged_or_tampered_notices_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn a_payment_after_expiry_is_refunded_and_recorded() {
     let app = spawn_app_with(|s| s.orders.payment_window_secs = 2).await;
-    let (program, _, _) = on_sale(&app, 4, 4).await;
-    let (b, no) = two_seat_order(&app, program).await;
-    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    let Checkout {
+        program,
+        buyer: b,
+        no,
+        payment_id,
+        pay_url,
+        ..
+    } = checkout(&app).await;
     assert_eq!(status_once(&app, &b.token, &no, "expired").await, "expired");
 
     complete(&app, &pay_url).await;
     let refunded = poll_until(
         Duration::from_secs(10),
-        async || count(&app, REFUNDS_DONE, &no).await,
+        async || order_fact::<i64>(&app, REFUNDS_DONE, &no).await,
         |n| *n == 1,
     )
     .await;
     assert_eq!(refunded, 1, "the late payment was refunded");
-    let reason: String = app
-        .pg
-        .get()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT reason FROM refunds WHERE order_no = $1",
-            &[&no.parse::<i64>().unwrap()],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let reason: String =
+        order_fact(&app, "SELECT reason FROM refunds WHERE order_no = $1", &no).await;
     assert_eq!(reason, "order_expired");
     assert_eq!(trade(&app, &payment_id).await["trade_status"], "REFUNDED");
     assert_eq!(status(&app, &b.token, &no).await, "expired");
@@ -366,7 +399,7 @@ async fn a_payment_after_expiry_is_refunded_and_recorded() {
         (map[0].1.as_str(), map[1].1.as_str()),
         ("available", "available")
     );
-    assert_eq!(count(&app, PAID_EVENTS, &no).await, 0);
+    assert_eq!(order_fact::<i64>(&app, PAID_EVENTS, &no).await, 0);
 }
 
 #[tokio::test]
@@ -567,9 +600,13 @@ async fn a_refund_the_provider_never_confirmed_is_sent_again_in_the_background()
         s.payments.mockpay.drop_callbacks = true;
     })
     .await;
-    let (program, _, _) = on_sale(&app, 4, 4).await;
-    let (b, no) = two_seat_order(&app, program).await;
-    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    let Checkout {
+        buyer: b,
+        no,
+        payment_id,
+        pay_url,
+        ..
+    } = checkout(&app).await;
     status_once(&app, &b.token, &no, "expired").await;
     let paid = complete(&app, &pay_url).await;
     // What the late notice left behind when the provider's refund API was down: the bill paid,
@@ -591,7 +628,7 @@ async fn a_refund_the_provider_never_confirmed_is_sent_again_in_the_background()
     .unwrap();
     let done = poll_until(
         Duration::from_secs(10),
-        async || count(&app, REFUNDS_DONE, &no).await,
+        async || order_fact::<i64>(&app, REFUNDS_DONE, &no).await,
         |n| *n == 1,
     )
     .await;
@@ -602,5 +639,5 @@ async fn a_refund_the_provider_never_confirmed_is_sent_again_in_the_background()
     assert_eq!(trade(&app, &payment_id).await["trade_status"], "REFUNDED");
     let refunded_bills =
         "SELECT count(*) FROM payment_bills WHERE order_no = $1 AND status = 'refunded'";
-    assert_eq!(count(&app, refunded_bills, &no).await, 1);
+    assert_eq!(order_fact::<i64>(&app, refunded_bills, &no).await, 1);
 }
