@@ -159,11 +159,7 @@ impl CategoryActor {
     ) -> impl ActorFuture<Self, Output = Result<(), ActorError>> + 'static {
         let write = self.store.apply(change.clone());
         write.into_actor(self).map(move |res, act, ctx| {
-            let ok = res.is_ok();
-            match act.inv.finish(&change, ok) {
-                Some(delta) => act.committed(&change, delta, ctx),
-                None => act.counts_changed(),
-            }
+            act.finish(&change, res.is_ok(), ctx);
             res.map_err(|e| {
                 tracing::warn!(order_no = change.order_no, kind = ?change.kind, error = %e, "inventory write failed");
                 if matches!(e, StoreError::Conflict(_)) {
@@ -172,6 +168,16 @@ impl CategoryActor {
                 ActorError::CommitFailed(e.to_string())
             })
         })
+    }
+
+    /// Applies the outcome of persisting `change` to memory and publishes what changed: a
+    /// committed delta, or just counts (a dropped pending hold frees tickets the published
+    /// counts still include).
+    fn finish(&mut self, change: &Change, persisted: bool, ctx: &mut Context<Self>) {
+        match self.inv.finish(change, persisted) {
+            Some(delta) => self.committed(change, delta, ctx),
+            None => self.counts_changed(),
+        }
     }
 
     /// The published snapshot is stale: counts include pending holds, so taking or dropping one
@@ -200,9 +206,7 @@ impl CategoryActor {
         let Transition { kind, order_no } = msg.0;
         match self.inv.begin(kind, order_no) {
             Ok(Some(change)) => {
-                if let Some(delta) = self.inv.finish(&change, true) {
-                    self.committed(&change, delta, ctx);
-                }
+                self.finish(&change, true, ctx);
                 true
             }
             Ok(None) => false,
@@ -286,11 +290,7 @@ impl CategoryActor {
             return false;
         };
         ctx.cancel_future(timer);
-        match self.inv.finish(&change, committed) {
-            Some(delta) => self.committed(&change, delta, ctx),
-            // A dropped reservation frees tickets the published counts still include.
-            None => self.counts_changed(),
-        }
+        self.finish(&change, committed, ctx);
         true
     }
 }
