@@ -135,13 +135,22 @@ impl MockpayClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
-        if !response.status().is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(ProviderError::Refused(text));
-        }
-        Ok(response)
+            .map_err(unreachable)?;
+        accepted(response).await
     }
+}
+
+fn unreachable(e: reqwest::Error) -> ProviderError {
+    ProviderError::Unreachable(e.to_string())
+}
+
+/// A 2xx answer, or the provider's refusal with its body.
+async fn accepted(response: reqwest::Response) -> Result<reqwest::Response, ProviderError> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    Err(ProviderError::Refused(text))
 }
 
 fn unreadable(e: impl std::fmt::Display) -> ProviderError {
@@ -188,20 +197,11 @@ impl PaymentProvider for MockpayClient {
     ) -> BoxFuture<'_, Result<Option<TradeState>, ProviderError>> {
         Box::pin(async move {
             let url = format!("{}/mockpay/api/trades/{out_trade_no}", self.base_url);
-            let response = self
-                .http
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+            let response = self.http.get(url).send().await.map_err(unreachable)?;
             if response.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(None);
             }
-            if !response.status().is_success() {
-                let text = response.text().await.unwrap_or_default();
-                return Err(ProviderError::Refused(text));
-            }
-            let trade: Trade = response.json().await.map_err(unreadable)?;
+            let trade: Trade = accepted(response).await?.json().await.map_err(unreadable)?;
             Ok(Some(trade.state()))
         })
     }
