@@ -20,8 +20,6 @@ pub struct Bill {
     pub id: Uuid,
     /// Provider channel.
     pub channel: String,
-    /// Amount asked for.
-    pub amount_cents: i64,
 }
 
 /// Money to give back, recorded (`requested`) before the provider is asked.
@@ -106,7 +104,7 @@ pub async fn open_bills(pool: &PgPool, order_no: i64) -> Result<Vec<Bill>, Store
         .get()
         .await?
         .query(
-            "SELECT id, channel, amount_cents FROM payment_bills
+            "SELECT id, channel FROM payment_bills
              WHERE order_no = $1 AND status = 'created' ORDER BY created_at",
             &[&order_no],
         )
@@ -116,7 +114,6 @@ pub async fn open_bills(pool: &PgPool, order_no: i64) -> Result<Vec<Bill>, Store
         .map(|r| Bill {
             id: r.get(0),
             channel: r.get(1),
-            amount_cents: r.get(2),
         })
         .collect())
 }
