@@ -204,18 +204,25 @@ pub async fn create(
         )
         .with_details(json!({ "field": "slug" })));
     };
-    audit::record(
-        &tx,
-        admin.id(),
-        "program.create",
-        &format!("program:{id}"),
-        &json!(body),
-    )
-    .await?;
+    let detail = commit_audited(&st, tx, admin.id(), "program.create", id, json!(body)).await?;
+    Ok((StatusCode::CREATED, Json(detail)))
+}
+
+/// Records the admin's change in the audit log inside its transaction, commits, drops every
+/// node's cached copy of the program and answers the program as it now stands.
+async fn commit_audited(
+    st: &AppState,
+    tx: deadpool_postgres::Transaction<'_>,
+    admin_id: i64,
+    action: &str,
+    id: i64,
+    change: Value,
+) -> Result<Value, ApiError> {
+    audit::record(&tx, admin_id, action, &format!("program:{id}"), &change).await?;
     tx.commit().await.map_err(StoreError::from)?;
     st.catalog.invalidate(id).await?;
-    let detail = catalog_read::program_detail(pg, id).await?;
-    Ok((StatusCode::CREATED, Json(json!(detail))))
+    let detail = catalog_read::program_detail(&st.stores.pg, id).await?;
+    Ok(json!(detail))
 }
 
 /// Edits a program; every node drops its cached copy.
@@ -242,16 +249,6 @@ pub async fn edit(
             PatchError::Limits => ApiError::validation("per_account_limit", e),
             PatchError::Store(e) => e.into(),
         })?;
-    audit::record(
-        &tx,
-        admin.id(),
-        "program.update",
-        &format!("program:{id}"),
-        &json!(patch),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    st.catalog.invalidate(id).await?;
-    let detail = catalog_read::program_detail(pg, id).await?;
-    Ok(Json(json!(detail)))
+    let detail = commit_audited(&st, tx, admin.id(), "program.update", id, json!(patch)).await?;
+    Ok(Json(detail))
 }
