@@ -92,6 +92,9 @@ pub struct OrderSettings {
     pub payment_window_secs: u64,
     /// This process's worker id in order numbers (0..64, unique per process).
     pub worker_id: u16,
+    /// How long an `Idempotency-Key`'s answer is replayed; older keys start a fresh order and
+    /// are purged in the background.
+    pub idempotency_ttl_secs: u64,
 }
 
 /// Batch bounds of the group-commit writer.
@@ -220,6 +223,9 @@ pub struct ActorSettings {
     /// A reservation not settled within this is released (its caller died or gave up).
     #[serde(default = "default_reservation_timeout_ms")]
     pub reservation_timeout_ms: u64,
+    /// How often the supervisor makes sure every category with live holds in Postgres has a
+    /// running actor (their expiry timers live there); also done at startup. 0 = never.
+    pub live_holds_sweep_secs: u64,
 }
 
 fn default_reservation_timeout_ms() -> u64 {

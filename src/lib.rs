@@ -55,6 +55,7 @@ pub async fn serve(
     let state = http::AppState::new(settings, stores, telemetry::metrics_handle())?;
     tokio::spawn(fill_bloom(state.clone()));
     tokio::spawn(retry_refunds(state.clone()));
+    tokio::spawn(purge_idempotency_keys(state.clone()));
     let subscriber = store::RedisStore::subscriber(&state.settings.redis).await?;
     state.catalog.listen(subscriber).await?;
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
@@ -89,6 +90,26 @@ async fn retry_refunds(state: http::AppState) {
             Ok(0) => {}
             Ok(n) => tracing::info!(refunds = n, "unconfirmed refunds sent again"),
             Err(e) => tracing::warn!(error = %e, "refund retry failed; next round tries again"),
+        }
+    }
+}
+
+/// Deletes stored `Idempotency-Key` answers past `orders.idempotency_ttl_secs`, a batch at a
+/// time, every few minutes: a lookup already ignores them, this keeps the table small.
+async fn purge_idempotency_keys(state: http::AppState) {
+    let ttl = state.settings.orders.idempotency_ttl_secs as f64;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+    loop {
+        tick.tick().await;
+        loop {
+            match store::idempotency::purge_expired(&state.stores.pg, ttl, 1_000).await {
+                Ok(1_000) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "idempotency key purge failed; next round tries again");
+                    break;
+                }
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! order to the group-commit writer and only then answers. The actors make their reservations
 //! real or drop them according to the commit's outcome.
 
-use crate::actors::{ActorError, Hold, Reserve, Reserved, Selection, Settle, Supervisor};
+use crate::actors::{ActorError, Hold, Outcome, Reserve, Reserved, Selection, Settle, Supervisor};
 use crate::clock::Clock;
 use crate::domain::inventory::{InventoryError, SeatId};
 use crate::domain::order_no::OrderNoGenerator;
@@ -87,6 +87,8 @@ pub struct Ordering {
     pub clock: Arc<dyn Clock>,
     /// Payment window.
     pub payment_window: chrono::Duration,
+    /// How long an `Idempotency-Key`'s answer is kept (seconds).
+    pub idempotency_ttl_secs: f64,
 }
 
 /// Selections per category, ascending by category id.
@@ -107,22 +109,14 @@ impl Ordering {
             .detail(req.program_id)
             .await?
             .ok_or(OrderError::NoProgram)?;
-        if program.on_sale_at > self.clock.now() {
-            return Err(OrderError::NotOnSale(program.on_sale_at));
-        }
-        if n > program.per_order_limit as usize {
-            return Err(OrderError::Limit(format!(
-                "at most {} tickets per order",
-                program.per_order_limit
-            )));
-        }
+        self.check_program_rules(req, &program, n)?;
         self.check_buyers(user_id, req, &program).await?;
         let plan = self.plan(req, &program).await?;
         let now = self.clock.now();
         let order_no = self.ids.next(user_id, now.timestamp_millis());
         let expires_at = now + self.payment_window;
         let reserved = self.reserve(order_no, plan, expires_at).await?;
-        let order = build_order(
+        let mut order = build_order(
             user_id,
             req,
             &program,
@@ -132,11 +126,48 @@ impl Ordering {
             idem_key,
             request_hash,
         );
-        let body = order.idempotency.body.clone();
-        let outcome = self.writer.place_order(order.clone()).await;
-        self.settle(order_no, &reserved, outcome.is_ok()).await;
-        match outcome {
-            Ok(()) => Ok(body),
+        order.idempotency.ttl_secs = self.idempotency_ttl_secs;
+        self.commit(order, &reserved).await
+    }
+
+    /// On sale, seat choice allowed if seats are named, and within the per-order limit.
+    fn check_program_rules(
+        &self,
+        req: &OrderRequest,
+        program: &ProgramDetail,
+        tickets: usize,
+    ) -> Result<(), OrderError> {
+        if program.on_sale_at > self.clock.now() {
+            return Err(OrderError::NotOnSale(program.on_sale_at));
+        }
+        if req.seats.is_some() && !program.choose_seats {
+            return Err(OrderError::Invalid(
+                "seats",
+                "this program assigns seats: order a quantity of a ticket category".into(),
+            ));
+        }
+        if tickets > program.per_order_limit as usize {
+            return Err(OrderError::Limit(format!(
+                "at most {} tickets per order",
+                program.per_order_limit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Hands the order to the group-commit writer, settles the reservations with what became
+    /// of it, and answers: the stored body only if the order is in Postgres.
+    async fn commit(
+        &self,
+        order: PlaceOrder,
+        reserved: &[(i64, Reserved)],
+    ) -> Result<Vec<u8>, OrderError> {
+        let order_no = order.order_no;
+        let written = self.writer.place_order(order.clone()).await;
+        self.settle(order_no, reserved, Self::outcome_of(&written))
+            .await;
+        match written {
+            Ok(()) => Ok(order.idempotency.body),
             Err(e @ StoreError::Refused { .. }) => Err(e.into()),
             Err(e) => {
                 tracing::error!(order_no, error = %e, "order commit failed; seats released");
@@ -145,6 +176,19 @@ impl Ordering {
                 }
                 Err(OrderError::NotDurable)
             }
+        }
+    }
+
+    /// What the actors must learn from the writer's answer. A refusal of seats or GA tickets
+    /// the actors reserved means their memory disagrees with Postgres; a commit whose outcome
+    /// Postgres could not confirm (the writer asks it when the answer to `COMMIT` is lost)
+    /// leaves memory unknown. Both make the actors reload.
+    fn outcome_of(written: &Result<(), StoreError>) -> Outcome {
+        match written {
+            Ok(()) => Outcome::Committed,
+            Err(StoreError::Refused { code, .. }) if is_seat_refusal(code) => Outcome::Unknown,
+            Err(StoreError::CommitUnknown(_)) => Outcome::Unknown,
+            Err(_) => Outcome::NotCommitted,
         }
     }
 
@@ -221,17 +265,21 @@ impl Ordering {
             .collect())
     }
 
+    /// The seat's category through the supervisor's seat index: one lookup per seat once the
+    /// program's actors run; otherwise the seated categories not yet running are started (which
+    /// indexes their seats) and the lookup repeated.
     async fn category_of(&self, seat_id: i64, program: &ProgramDetail) -> Result<i64, OrderError> {
-        for c in program.ticket_categories.iter().filter(|c| c.seated) {
-            let snapshot = self.supervisor.snapshot(c.id).await?;
-            if snapshot.seats.iter().any(|s| s.id == seat_id) {
-                return Ok(c.id);
-            }
+        let of_program = |c: &i64| program.ticket_categories.iter().any(|t| t.id == *c);
+        if let Some(category) = self.supervisor.category_of_seat(seat_id) {
+            return in_program(seat_id, Some(category).filter(of_program));
         }
-        Err(OrderError::Invalid(
-            "seats",
-            format!("seat {seat_id} is not in this program"),
-        ))
+        for c in program.ticket_categories.iter().filter(|c| c.seated) {
+            self.supervisor.snapshot(c.id).await?;
+        }
+        in_program(
+            seat_id,
+            self.supervisor.category_of_seat(seat_id).filter(of_program),
+        )
     }
 
     /// Reserves every category in ascending id; any refusal releases what was taken.
@@ -256,7 +304,7 @@ impl Ordering {
             {
                 Ok(reserved) => taken.push((category, reserved)),
                 Err(e) => {
-                    self.settle(order_no, &taken, false).await;
+                    self.settle(order_no, &taken, Outcome::NotCommitted).await;
                     return Err(e.into());
                 }
             }
@@ -264,24 +312,29 @@ impl Ordering {
         Ok(taken)
     }
 
-    async fn settle(&self, order_no: i64, taken: &[(i64, Reserved)], committed: bool) {
+    /// Tells every reserving actor the outcome. `report` is exempt from the mailbox budget and
+    /// redelivers to a replacement actor, so the only failure left is a category that cannot be
+    /// loaded at all — and the next load reads the truth from Postgres.
+    async fn settle(&self, order_no: i64, taken: &[(i64, Reserved)], outcome: Outcome) {
         for (category, _) in taken {
-            if let Err(e) = self
-                .supervisor
-                .call(
-                    *category,
-                    Settle {
-                        order_no,
-                        committed,
-                    },
-                )
-                .await
-            {
-                // The actor restarted: it reloaded from Postgres, which has the truth either way.
-                tracing::warn!(order_no, category, error = %e, "settle not delivered");
+            let settle = Settle { order_no, outcome };
+            if let Err(e) = self.supervisor.settle(*category, settle).await {
+                tracing::warn!(order_no, category, error = %e, "settle not delivered; the category reloads from Postgres");
             }
         }
     }
+}
+
+/// `Ok(category)` if the seat is in a category of the program.
+fn in_program(seat_id: i64, category: Option<i64>) -> Result<i64, OrderError> {
+    category.ok_or_else(|| {
+        OrderError::Invalid("seats", format!("seat {seat_id} is not in this program"))
+    })
+}
+
+/// Refusals that mean Postgres holds tickets the actors believed free.
+fn is_seat_refusal(code: &str) -> bool {
+    matches!(code, "SEAT_UNAVAILABLE" | "SOLD_OUT")
 }
 
 /// Exactly one way of choosing, one ticket per ticket buyer, no buyer twice. Returns the count.
@@ -381,6 +434,7 @@ fn build_order(
         order_no,
         user_id,
         program_id: program.id,
+        show_time_id: None,
         total_cents,
         expires_at,
         tickets: units,
@@ -391,6 +445,7 @@ fn build_order(
             request_hash,
             status: 201,
             body: serde_json::to_vec(&body).unwrap_or_default(),
+            ttl_secs: 0.0,
         },
     }
 }

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Owns one category. Created by the [`Supervisor`](super::Supervisor) with state loaded from
 /// Postgres.
@@ -34,6 +34,7 @@ pub struct CategoryActor {
     wakeup: Option<(DateTime<Utc>, SpawnHandle)>,
     snapshot: watch::Sender<Arc<CategorySnapshot>>,
     deltas: broadcast::Sender<Arc<Delta>>,
+    reloads: mpsc::UnboundedSender<ReloadRequest>,
     dirty: bool,
     totals: Totals,
     /// Reservations waiting for [`Settle`], with the timer that abandons them.
@@ -47,7 +48,14 @@ pub struct Channels {
     pub snapshot: watch::Sender<Arc<CategorySnapshot>>,
     /// Every committed delta.
     pub deltas: broadcast::Sender<Arc<Delta>>,
+    /// Where an actor that stopped to reload asks to be started again at once (its holds'
+    /// timers must not wait for the next buyer to touch the category).
+    pub reloads: mpsc::UnboundedSender<ReloadRequest>,
 }
+
+/// "Category `.0`, whose actor was `.1`, stopped to reload from Postgres: start it again."
+/// The address lets the supervisor replace exactly that actor and not a newer one.
+pub type ReloadRequest = (i64, Addr<CategoryActor>);
 
 impl CategoryActor {
     /// An actor over loaded state.
@@ -68,6 +76,7 @@ impl CategoryActor {
             wakeup: None,
             snapshot: channels.snapshot,
             deltas: channels.deltas,
+            reloads: channels.reloads,
             dirty: true,
             totals: Totals::default(),
             reserved: HashMap::new(),
@@ -198,6 +207,12 @@ impl CategoryActor {
             why,
             "category diverged from Postgres; reloading it"
         );
+        if ctx.state() == ActorState::Running {
+            // Unbounded: at most one request per stopping actor, drained by the supervisor.
+            let _ = self
+                .reloads
+                .send((self.inv.spec().category_id, ctx.address()));
+        }
         ctx.stop();
     }
 
@@ -281,16 +296,23 @@ impl CategoryActor {
         taken.map_err(ActorError::Inventory)
     }
 
-    fn settle(&mut self, order: OrderNo, committed: bool, ctx: &mut Context<Self>) -> bool {
+    fn settle(&mut self, order: OrderNo, outcome: Outcome, ctx: &mut Context<Self>) -> bool {
         let Some((change, timer)) = self.reserved.remove(&order) else {
-            if committed && self.inv.stage(order).is_none() {
-                // The reservation was abandoned (timed out), yet its order committed.
-                self.reload(order, "an abandoned reservation was committed", ctx);
+            if outcome != Outcome::NotCommitted && self.inv.stage(order).is_none() {
+                // The reservation was abandoned (timed out), yet its order may have committed.
+                self.reload(order, "an abandoned reservation may have committed", ctx);
             }
             return false;
         };
         ctx.cancel_future(timer);
-        self.finish(&change, committed, ctx);
+        self.finish(&change, outcome == Outcome::Committed, ctx);
+        if outcome == Outcome::Unknown {
+            self.reload(
+                order,
+                "the store's answer contradicts memory or is unknown",
+                ctx,
+            );
+        }
         true
     }
 }
@@ -305,7 +327,7 @@ impl Handler<Reserve> for CategoryActor {
         let order = hold.order_no;
         let timeout = Duration::from_millis(self.settings.reservation_timeout_ms);
         let timer = ctx.run_later(timeout, move |act, ctx| {
-            if act.settle(order, false, ctx) {
+            if act.settle(order, Outcome::NotCommitted, ctx) {
                 tracing::warn!(order_no = order, "reservation never settled; released");
             }
         });
@@ -323,24 +345,7 @@ impl Handler<Settle> for CategoryActor {
     type Result = bool;
 
     fn handle(&mut self, msg: Settle, ctx: &mut Context<Self>) -> bool {
-        self.settle(msg.order_no, msg.committed, ctx)
-    }
-}
-
-impl Handler<Hold> for CategoryActor {
-    type Result = ResponseActFuture<Self, Result<Held, ActorError>>;
-
-    fn handle(&mut self, msg: Hold, _: &mut Context<Self>) -> Self::Result {
-        let change = match self.take(&msg) {
-            Ok(change) => change,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
-        let held = Held {
-            seats: change.seats.clone(),
-            quantity: change.quantity,
-            expires_at: msg.expires_at,
-        };
-        Box::pin(self.persist(change).map(move |res, _, _| res.map(|_| held)))
+        self.settle(msg.order_no, msg.outcome, ctx)
     }
 }
 

@@ -41,9 +41,8 @@ pub enum Selection {
     Best(u32),
 }
 
-/// Hold tickets for an order until `expires_at` (answers after the hold is durable).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Held, ActorError>")]
+/// What a reservation takes: tickets for an order until `expires_at`.
+#[derive(Debug, Clone)]
 pub struct Hold {
     /// The order taking the tickets.
     pub order_no: OrderNo,
@@ -70,18 +69,32 @@ pub struct Reserved {
     pub change: crate::domain::inventory::Change,
 }
 
-/// The outcome of a reservation's transaction: `committed` makes the hold real (timer armed,
-/// delta published); otherwise its seats are free again. Answers whether it was still pending.
+/// What became of a reservation's transaction, as far as its caller knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed: the hold becomes real (timer armed, delta published).
+    Committed,
+    /// Certainly not committed, for a reason that says nothing about the seats (a limit, a
+    /// ticket buyer already holding a ticket): the seats are free again.
+    NotCommitted,
+    /// Memory cannot be trusted for this order: the commit may have happened after all (the
+    /// connection broke around `COMMIT`), or Postgres refused seats the actor believed free.
+    /// The actor drops the reservation and reloads itself from Postgres, which knows.
+    Unknown,
+}
+
+/// The outcome of a reservation's transaction (see [`Outcome`]). Answers whether it was still
+/// pending. Never refused for backpressure: see [`Supervisor::report`](super::Supervisor::report).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "bool")]
 pub struct Settle {
     /// The order.
     pub order_no: OrderNo,
-    /// Whether the order's transaction committed.
-    pub committed: bool,
+    /// What became of its transaction.
+    pub outcome: Outcome,
 }
 
-/// A durable hold.
+/// What a reservation holds (durable once its order committed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     /// Seats taken (empty for general admission).

@@ -7,13 +7,19 @@
 //!   request that was in flight gets [`ActorError::Restarted`], the registry entry is dropped and
 //!   the next call loads the category afresh from Postgres.
 //! - **Backpressure.** Each actor has an in-flight budget (`actors.mailbox_capacity`); past it a
-//!   call fails at once with [`ActorError::Overloaded`] instead of queueing without bound.
+//!   new request ([`Supervisor::call`]) fails at once with [`ActorError::Overloaded`] instead of
+//!   queueing without bound. Messages that report an outcome ([`Supervisor::report`]: settle,
+//!   applied, release) are exempt: refusing one would leave memory contradicting Postgres, and
+//!   each is bounded by a request that already passed the budget.
+//! - **Holds never wait for a buyer.** Every category with live holds in Postgres has an actor:
+//!   the keeper activates them at startup and every `actors.live_holds_sweep_secs`, and an
+//!   actor that stopped to reload is started again at once, so expiry timers always run.
 
-use super::category::{CategoryActor, Channels};
+use super::category::{CategoryActor, Channels, ReloadRequest};
 use super::messages::*;
 use crate::clock::Clock;
 use crate::config::ActorSettings;
-use crate::domain::inventory::{Delta, Inventory};
+use crate::domain::inventory::{Delta, Inventory, SeatId};
 use crate::store::StoreError;
 use crate::store::inventory::InventoryStore;
 use actix::dev::ToEnvelope;
@@ -23,7 +29,7 @@ use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{OnceCell, broadcast, watch};
+use tokio::sync::{OnceCell, broadcast, mpsc, watch};
 
 /// Deltas a slow subscriber may fall behind before it is told to resync (bounded memory).
 const DELTA_BUFFER: usize = 1024;
@@ -41,6 +47,10 @@ struct Inner {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     slots: DashMap<i64, Arc<Slot>>,
+    /// Which category each seat of an active category belongs to, so an order naming seats
+    /// finds its categories in time proportional to the seats it names.
+    seat_categories: DashMap<SeatId, i64>,
+    reloads: mpsc::UnboundedSender<ReloadRequest>,
     started: Instant,
 }
 
@@ -80,6 +90,7 @@ impl Supervisor {
         } else {
             settings.arbiters
         };
+        let (reloads, reload_requests) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             store,
             clock,
@@ -87,14 +98,50 @@ impl Supervisor {
             settings,
             next_arbiter: AtomicUsize::new(0),
             slots: DashMap::new(),
+            seat_categories: DashMap::new(),
+            reloads,
             started: Instant::now(),
         });
         tokio::spawn(sweep_idle(Arc::downgrade(&inner)));
+        tokio::spawn(keep_holds_live(Arc::downgrade(&inner), reload_requests));
         Supervisor { inner }
     }
 
-    /// Sends `msg` to the category's actor, activating it if needed.
+    /// Sends a request to the category's actor, activating it if needed; refused with
+    /// [`ActorError::Overloaded`] when the actor's in-flight budget is spent.
     pub async fn call<M>(&self, category_id: i64, msg: M) -> Result<M::Result, ActorError>
+    where
+        M: Message + Send + Clone + 'static,
+        M::Result: Send,
+        CategoryActor: Handler<M>,
+        <CategoryActor as Actor>::Context: ToEnvelope<CategoryActor, M>,
+    {
+        self.send(category_id, msg, Budget::Limited).await
+    }
+
+    /// Tells the category's actor an outcome it must learn (a reservation settled, a transition
+    /// committed elsewhere, a release): never refused for backpressure, and delivered once more
+    /// to the replacement if the actor died meanwhile (the message is idempotent, and a
+    /// replacement that loaded before the outcome committed reloads when it sees it).
+    pub async fn report<M>(&self, category_id: i64, msg: M) -> Result<M::Result, ActorError>
+    where
+        M: Message + Send + Clone + 'static,
+        M::Result: Send,
+        CategoryActor: Handler<M>,
+        <CategoryActor as Actor>::Context: ToEnvelope<CategoryActor, M>,
+    {
+        match self.send(category_id, msg.clone(), Budget::Exempt).await {
+            Err(ActorError::Restarted) => self.send(category_id, msg, Budget::Exempt).await,
+            other => other,
+        }
+    }
+
+    async fn send<M>(
+        &self,
+        category_id: i64,
+        msg: M,
+        budget: Budget,
+    ) -> Result<M::Result, ActorError>
     where
         M: Message + Send + Clone + 'static,
         M::Result: Send,
@@ -104,8 +151,8 @@ impl Supervisor {
         // One retry: only when the actor we reached was passivating, i.e. never saw the message.
         for _ in 0..2 {
             let (slot, live) = self.live(category_id).await?;
-            if live.in_flight.fetch_add(1, Ordering::AcqRel) >= self.inner.settings.mailbox_capacity
-            {
+            let before = live.in_flight.fetch_add(1, Ordering::AcqRel);
+            if budget == Budget::Limited && before >= self.inner.settings.mailbox_capacity {
                 live.in_flight.fetch_sub(1, Ordering::AcqRel);
                 return Err(ActorError::Overloaded);
             }
@@ -129,19 +176,48 @@ impl Supervisor {
         Err(ActorError::Restarted)
     }
 
-    /// Holds tickets (see [`Hold`]).
-    pub async fn hold(&self, category_id: i64, hold: Hold) -> Result<Held, ActorError> {
-        self.call(category_id, hold).await?
-    }
-
-    /// Releases, confirms or returns an order's tickets (see [`Transition`]).
+    /// Releases, confirms or returns an order's tickets (see [`Transition`]); an outcome the
+    /// actor must learn, so not refused for backpressure.
     pub async fn transition(&self, category_id: i64, t: Transition) -> Result<bool, ActorError> {
-        self.call(category_id, t).await?
+        self.report(category_id, t).await?
     }
 
     /// Tells the category about a transition already committed by the caller (see [`Applied`]).
     pub async fn applied(&self, category_id: i64, t: Transition) -> Result<bool, ActorError> {
-        self.call(category_id, Applied(t)).await
+        self.report(category_id, Applied(t)).await
+    }
+
+    /// Tells the category how a reservation's transaction ended (see [`Settle`]).
+    pub async fn settle(&self, category_id: i64, settle: Settle) -> Result<bool, ActorError> {
+        self.report(category_id, settle).await
+    }
+
+    /// The category of `seat_id` if its category's actor is active (see `seat_categories`).
+    pub fn category_of_seat(&self, seat_id: SeatId) -> Option<i64> {
+        self.inner.seat_categories.get(&seat_id).map(|c| *c)
+    }
+
+    /// Starts the actor of every category that has live holds in the store and none running.
+    /// Answers how many were started.
+    pub async fn activate_live_holds(&self) -> Result<usize, ActorError> {
+        let categories = self
+            .inner
+            .store
+            .live_categories()
+            .await
+            .map_err(|e| ActorError::Load(e.to_string()))?;
+        let mut started = 0;
+        for category_id in categories {
+            let running = self
+                .inner
+                .slots
+                .get(&category_id)
+                .is_some_and(|s| s.live.get().is_some_and(|l| l.addr.connected()));
+            if !running && self.live(category_id).await.is_ok() {
+                started += 1;
+            }
+        }
+        Ok(started)
     }
 
     /// The latest published seat map, read without messaging the actor.
@@ -216,8 +292,26 @@ impl Inner {
 
     /// Drops the registry entry if it is still `slot` (a newer actor may already be there).
     fn forget(&self, category_id: i64, slot: &Arc<Slot>) {
-        self.slots
+        let removed = self
+            .slots
             .remove_if(&category_id, |_, current| Arc::ptr_eq(current, slot));
+        if let Some((_, slot)) = removed
+            && let Some(live) = slot.live.get()
+        {
+            for seat in live.snapshot.borrow().seats.iter() {
+                self.seat_categories.remove(&seat.id);
+            }
+        }
+    }
+
+    /// Drops the registry entry if it still names the actor at `addr`.
+    fn forget_actor(&self, category_id: i64, addr: &Addr<CategoryActor>) {
+        let slot = self.slots.get(&category_id).map(|s| s.clone());
+        if let Some(slot) = slot
+            && slot.live.get().is_some_and(|l| l.addr == *addr)
+        {
+            self.forget(category_id, &slot);
+        }
     }
 
     fn next_arbiter(&self) -> &ArbiterHandle {
@@ -231,7 +325,11 @@ async fn activate(inner: Arc<Inner>, category_id: i64) -> Result<Arc<Live>, Acto
         StoreError::NotFound(_) => ActorError::NotFound(category_id),
         other => ActorError::Load(other.to_string()),
     })?;
-    let inv = Inventory::load(spec, orders, 0).map_err(ActorError::Load)?;
+    let seq_base = spec.seq_base;
+    let inv = Inventory::load(spec, orders, seq_base).map_err(ActorError::Load)?;
+    for seat in &inv.spec().seats {
+        inner.seat_categories.insert(seat.id, category_id);
+    }
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(CategoryActor::snapshot_of(
         &inv,
         inv.spec().seats.clone().into(),
@@ -245,6 +343,7 @@ async fn activate(inner: Arc<Inner>, category_id: i64) -> Result<Arc<Live>, Acto
     let channels = Channels {
         snapshot: snapshot_tx,
         deltas,
+        reloads: inner.reloads.clone(),
     };
     let addr = CategoryActor::start_in_arbiter(inner.next_arbiter(), move |_| {
         CategoryActor::new(inv, store, clock, settings, channels)
@@ -294,6 +393,55 @@ async fn sweep_idle(inner: std::sync::Weak<Inner>) {
             }
         }
     }
+}
+
+/// Restarts actors that stopped to reload, at once, and every `live_holds_sweep_secs` (and at
+/// startup) starts the actor of any category with live holds and none running: expiry timers
+/// live in the actors, so a category with holds must always have one.
+async fn keep_holds_live(
+    inner: std::sync::Weak<Inner>,
+    mut reloads: mpsc::UnboundedReceiver<ReloadRequest>,
+) {
+    let Some(period) = inner.upgrade().map(|i| i.settings.live_holds_sweep_secs) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(period.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let request = tokio::select! {
+            request = reloads.recv() => request,
+            _ = tick.tick() => None,
+        };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let supervisor = Supervisor { inner: strong };
+        match request {
+            Some((category_id, addr)) => {
+                supervisor.inner.forget_actor(category_id, &addr);
+                if let Err(e) = supervisor.live(category_id).await {
+                    tracing::warn!(category_id, error = %e, "reload failed; the sweep tries again");
+                }
+            }
+            None if period == 0 => {}
+            None => match supervisor.activate_live_holds().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(started = n, "actors started for categories with holds"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "live-hold sweep failed; next round tries again")
+                }
+            },
+        }
+    }
+}
+
+/// Whether a message counts against the actor's in-flight budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// New work: refused once the budget is spent.
+    Limited,
+    /// An outcome the actor must learn: always delivered.
+    Exempt,
 }
 
 fn num_cpus() -> usize {

@@ -3,7 +3,7 @@
 //! rounds, hold a pair for an order, and check its own invariants afterwards.
 
 use super::Scratch;
-use crate::actors::{ActorError, GetStats, Hold, Selection, Supervisor};
+use crate::actors::{ActorError, GetStats, Hold, Outcome, Reserve, Selection, Settle, Supervisor};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::domain::inventory::{CategorySpec, Change, LoadedOrder, SeatInfo};
@@ -95,6 +95,7 @@ fn grid_spec(category_id: i64, seats: u32) -> CategorySpec {
         rows: seats.div_ceil(cols) as usize,
         cols: cols as usize,
         allow_split: false,
+        seq_base: 0,
     }
 }
 
@@ -134,10 +135,23 @@ impl HoldTarget for ActorTarget {
             selection: Selection::Seats(seats.iter().map(|s| (*s, PRICE_CENTS)).collect()),
             expires_at: SystemClock.now() + chrono::Duration::minutes(15),
         };
+        // The ordering service's two messages: reserve, then settle as committed (here nothing
+        // is written: the actor's in-memory hot path is what this target measures).
         Box::pin(async move {
-            match self.supervisor.hold(self.current(), hold).await {
-                Ok(_) => HoldOutcome::Held,
-                Err(ActorError::Inventory(_)) => HoldOutcome::Refused,
+            let category = self.current();
+            let reserved = self.supervisor.call(category, Reserve(hold)).await;
+            match reserved.and_then(|r| r) {
+                Ok(_) => {}
+                Err(ActorError::Inventory(_)) => return HoldOutcome::Refused,
+                Err(e) => return HoldOutcome::Error(e.to_string()),
+            }
+            let settle = Settle {
+                order_no: order,
+                outcome: Outcome::Committed,
+            };
+            match self.supervisor.settle(category, settle).await {
+                Ok(true) => HoldOutcome::Held,
+                Ok(false) => HoldOutcome::Error("reservation vanished before settling".into()),
                 Err(e) => HoldOutcome::Error(e.to_string()),
             }
         })

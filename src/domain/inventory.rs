@@ -193,6 +193,11 @@ pub struct CategorySpec {
     pub cols: usize,
     /// Whether best-available may split a party across rows.
     pub allow_split: bool,
+    /// First sequence number of this load. Seat-map clients drop deltas whose `seq` is not
+    /// above what they saw, so it must exceed every number an earlier load of the category
+    /// handed out (here or on another node): the store derives it from a counter it bumps on
+    /// every load (`ticket_categories.loads << 32`).
+    pub seq_base: u64,
 }
 
 /// A persisted order as loaded on start.
@@ -215,6 +220,9 @@ pub struct LoadedOrder {
 pub struct Inventory {
     spec: CategorySpec,
     owner: Vec<Option<OrderNo>>,
+    /// `owner[i].is_none()`, kept alongside so best-available reads the grid without building
+    /// it per request (a 100,000-seat category would allocate 100 KB per order otherwise).
+    free: Vec<bool>,
     by_id: HashMap<SeatId, usize>,
     orders: HashMap<OrderNo, OrderEntry>,
     held: u32,
@@ -233,6 +241,7 @@ impl Inventory {
             .collect();
         let mut inv = Inventory {
             owner: vec![None; spec.seats.len()],
+            free: vec![true; spec.seats.len()],
             spec,
             by_id,
             orders: HashMap::new(),
@@ -369,9 +378,8 @@ impl Inventory {
         let idx = if self.spec.seats.is_empty() {
             Vec::new()
         } else {
-            let available: Vec<bool> = self.owner.iter().map(Option::is_none).collect();
             let grid = Grid {
-                available: &available,
+                available: &self.free,
                 rows: self.spec.rows,
                 cols: self.spec.cols,
             };
@@ -410,6 +418,7 @@ impl Inventory {
         }
         for &i in &seats {
             self.owner[i] = Some(order);
+            self.free[i] = false;
         }
         if stage.counts_as_sold() {
             self.sold += quantity;
@@ -528,6 +537,7 @@ impl Inventory {
         };
         for &i in &entry.seats {
             self.owner[i] = None;
+            self.free[i] = true;
         }
         if entry.stage.counts_as_sold() {
             self.sold -= entry.quantity;
@@ -583,6 +593,12 @@ impl Inventory {
             } else {
                 held += entry.quantity
             }
+        }
+        if let Some(i) = (0..self.owner.len()).find(|&i| self.free[i] != self.owner[i].is_none()) {
+            return Err(format!(
+                "seat {} free flag disagrees with its owner",
+                self.spec.seats[i].id
+            ));
         }
         let owned = self.owner.iter().filter(|o| o.is_some()).count();
         let in_orders: usize = self.orders.values().map(|o| o.seats.len()).sum();

@@ -135,7 +135,7 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError::*;
         match e {
-            Postgres(_) | Migration(_) => {
+            Postgres(_) | Db { .. } | CommitUnknown(_) | Migration(_) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::unavailable("STORE_UNAVAILABLE", "a store is unavailable; retry shortly")
             }

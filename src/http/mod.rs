@@ -86,7 +86,7 @@ impl AppState {
         stores: Stores,
         metrics: PrometheusHandle,
     ) -> Result<Self, crate::config::ConfigError> {
-        let writer = GroupCommitWriter::start(stores.pg.clone(), settings.writer.settings());
+        let writer = GroupCommitWriter::start(stores.writer_pg.clone(), settings.writer.settings());
         let runtime = tokio::runtime::Handle::current();
         let inventory = GroupCommitStore::new(stores.pg.clone(), writer.clone(), runtime);
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
@@ -105,6 +105,7 @@ impl AppState {
             ids: Arc::new(OrderNoGenerator::new(settings.orders.worker_id)),
             clock,
             payment_window: chrono::Duration::seconds(settings.orders.payment_window_secs as i64),
+            idempotency_ttl_secs: settings.orders.idempotency_ttl_secs as f64,
         };
         let (payments, mockpay) = payment_parts(&settings, &stores, &supervisor);
         let a = &settings.accounts;

@@ -131,8 +131,13 @@ pub async fn place(
         })?
         .to_string();
     let hash = Sha256::digest(&body).to_vec();
-    if let Some((stored_hash, status, stored)) =
-        idempotency::lookup(&st.stores.pg, user.id(), &key).await?
+    if let Some((stored_hash, status, stored)) = idempotency::lookup(
+        &st.stores.pg,
+        user.id(),
+        &key,
+        st.settings.orders.idempotency_ttl_secs as f64,
+    )
+    .await?
     {
         if stored_hash != hash {
             return Err(ApiError::new(
@@ -249,17 +254,47 @@ pub async fn cancel(
         }
     }
     let number: i64 = order.order_no.parse().map_err(ApiError::internal)?;
-    let client = st.stores.pg.get().await.map_err(StoreError::from)?;
-    for category in orders::categories_of(&client, number).await? {
+    // The connection goes back to the pool before any actor call: a release waits on the
+    // writer, and a handler must never pin a pooled connection while it waits.
+    let categories = {
+        let client = st.stores.pg.get().await.map_err(StoreError::from)?;
+        orders::categories_of(&client, number).await?
+    };
+    release_in(&st, &categories, number).await?;
+    let mut after = visible_order(&st, &user, &order.order_no).await?;
+    if after.status == "pending_payment" {
+        // Postgres still has the order live, so an actor did not know it: memory diverged.
+        // Reload those categories from Postgres and release once more.
+        tracing::error!(
+            order_no = number,
+            "cancel found an actor unaware of a live order; reloading"
+        );
+        for category in &categories {
+            st.supervisor.unload(*category).await;
+        }
+        release_in(&st, &categories, number).await?;
+        after = visible_order(&st, &user, &order.order_no).await?;
+    }
+    if after.status == "pending_payment" {
+        return Err(ApiError::unavailable(
+            "INVENTORY_UNAVAILABLE",
+            "the order could not be released; retry",
+        ));
+    }
+    Ok(Json(json!(after)))
+}
+
+/// Releases the order's tickets in each category through its actor.
+async fn release_in(st: &AppState, categories: &[i64], order_no: i64) -> Result<(), ApiError> {
+    for category in categories {
         let release = Transition {
             kind: ChangeKind::Release,
-            order_no: number,
+            order_no,
         };
         st.supervisor
-            .transition(category, release)
+            .transition(*category, release)
             .await
             .map_err(actor_error)?;
     }
-    let after = visible_order(&st, &user, &order.order_no).await?;
-    Ok(Json(json!(after)))
+    Ok(())
 }

@@ -10,17 +10,25 @@ use fred::prelude::*;
 /// A stored answer: request hash, status and body bytes.
 pub type Stored = (Vec<u8>, u16, Vec<u8>);
 
-/// The stored answer for (user, key), if the request completed.
-pub async fn lookup(pool: &PgPool, user_id: i64, key: &str) -> Result<Option<Stored>, StoreError> {
+/// The stored answer for (user, key), if the request completed within the last `ttl_secs`
+/// (an older one is forgotten: the key starts a fresh order).
+pub async fn lookup(
+    pool: &PgPool,
+    user_id: i64,
+    key: &str,
+    ttl_secs: f64,
+) -> Result<Option<Stored>, StoreError> {
     let client = pool.get().await?;
     // Every order asks this first; prepared once per pooled connection.
     let statement = client
         .prepare_cached(
             "SELECT request_hash, response_status, response_body FROM idempotency_keys
-             WHERE user_id = $1 AND idem_key = $2 AND created_at > now() - interval '24 hours'",
+             WHERE user_id = $1 AND idem_key = $2 AND created_at > now() - make_interval(secs => $3)",
         )
         .await?;
-    let row = client.query_opt(&statement, &[&user_id, &key]).await?;
+    let row = client
+        .query_opt(&statement, &[&user_id, &key, &ttl_secs])
+        .await?;
     Ok(row.map(|r| {
         (
             r.get(0),
@@ -56,4 +64,19 @@ pub async fn begin(
 pub async fn end(redis: &RedisStore, user_id: i64, key: &str) -> Result<(), StoreError> {
     let name = redis.key(&format!("idempotency:{user_id}:{key}"));
     redis.client().del::<(), _>(name).await.map_err(redis_error)
+}
+
+/// Deletes up to `batch` stored answers older than `ttl_secs`; answers how many. Small batches
+/// keep each statement short, so the purge never holds locks an order needs for long.
+pub async fn purge_expired(pool: &PgPool, ttl_secs: f64, batch: i64) -> Result<u64, StoreError> {
+    Ok(pool
+        .get()
+        .await?
+        .execute(
+            "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+                 SELECT ctid FROM idempotency_keys
+                 WHERE created_at <= now() - make_interval(secs => $1) LIMIT $2))",
+            &[&ttl_secs, &batch],
+        )
+        .await?)
 }

@@ -20,6 +20,11 @@ pub trait InventoryStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(CategorySpec, Vec<LoadedOrder>), StoreError>>;
     /// Persists one change; `Err` means nothing was written.
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Categories with holds waiting for payment: each needs a running actor, whose timer
+    /// expires them. Stores without durable holds have none.
+    fn live_categories(&self) -> BoxFuture<'static, Result<Vec<i64>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// One transaction per change, run on `runtime` (the server's), so actors on their own arbiter
@@ -62,9 +67,36 @@ impl InventoryStore for PgInventoryStore {
                 .map_err(|e| StoreError::Postgres(format!("apply task: {e}")))?
         })
     }
+
+    fn live_categories(&self) -> BoxFuture<'static, Result<Vec<i64>, StoreError>> {
+        let pool = self.pool.clone();
+        let task = self
+            .runtime
+            .spawn(async move { categories_with_holds(&pool).await });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| StoreError::Postgres(format!("live categories task: {e}")))?
+        })
+    }
 }
 
-/// Reads a category: its spec, its seat grid and its live orders.
+/// Categories with at least one hold waiting for payment (partial indexes from V6 keep this
+/// cheap however many seats are sold or free).
+pub async fn categories_with_holds(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT DISTINCT ticket_category_id FROM seats WHERE status = 'held'
+             UNION SELECT ticket_category_id FROM ga_holds WHERE status = 'held'",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Reads a category: its spec, its seat grid and its live orders. Counts the load, so every
+/// load starts its sequence numbers above all earlier ones (see `CategorySpec::seq_base`).
 pub async fn load_category(
     pool: &PgPool,
     category_id: i64,
@@ -72,9 +104,11 @@ pub async fn load_category(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT tc.program_id, tc.price_cents, tc.capacity, tc.seated, coalesce(tc.seat_rows, 0),
-                    coalesce(tc.seats_per_row, 0), p.allow_split
-             FROM ticket_categories tc JOIN programs p ON p.id = tc.program_id WHERE tc.id = $1",
+            "WITH tc AS (UPDATE ticket_categories SET loads = loads + 1 WHERE id = $1
+                         RETURNING program_id, price_cents, capacity, seated, seat_rows, seats_per_row, loads)
+             SELECT tc.program_id, tc.price_cents, tc.capacity, tc.seated, coalesce(tc.seat_rows, 0),
+                    coalesce(tc.seats_per_row, 0), p.allow_split, tc.loads
+             FROM tc JOIN programs p ON p.id = tc.program_id",
             &[&category_id],
         )
         .await?
@@ -89,6 +123,7 @@ pub async fn load_category(
         rows: rows as usize,
         cols: cols as usize,
         allow_split: row.get(6),
+        seq_base: (row.get::<_, i64>(7) as u64) << 32,
     };
     let orders = if row.get::<_, bool>(3) {
         load_seats(&client, &mut spec).await?

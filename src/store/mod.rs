@@ -30,17 +30,31 @@ pub use self::pulsar::PulsarStore;
 pub use self::redis::RedisStore;
 
 /// Why a store could not be opened or answered.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// PostgreSQL refused, timed out or failed a query.
+    /// PostgreSQL could not be reached, timed out, or failed without a server error code.
     #[error("postgres: {0}")]
     Postgres(String),
+    /// PostgreSQL answered a statement with an error. The SQLSTATE is kept as a code, not
+    /// folded into text, because callers decide on it: a deadlock (40P01) or serialization
+    /// failure (40001) is retried, other classes are not.
+    #[error("postgres: {message}")]
+    Db {
+        /// The five-character SQLSTATE.
+        sqlstate: tokio_postgres::error::SqlState,
+        /// Message and detail as the server gave them.
+        message: String,
+    },
     /// Redis refused or timed out.
     #[error("redis: {0}")]
     Redis(String),
     /// The Pulsar broker refused or timed out.
     #[error("pulsar: {0}")]
     Pulsar(String),
+    /// The answer to `COMMIT` was lost and Postgres could not say whether it committed: the
+    /// caller must treat its memory of these rows as unknown and reload them.
+    #[error("postgres: commit outcome unknown: {0}")]
+    CommitUnknown(String),
     /// A row the caller named does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -63,7 +77,13 @@ pub enum StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Postgres(postgres::describe(&e))
+        match e.as_db_error() {
+            Some(db) => StoreError::Db {
+                sqlstate: db.code().clone(),
+                message: postgres::describe(&e),
+            },
+            None => StoreError::Postgres(e.to_string()),
+        }
     }
 }
 
@@ -76,8 +96,12 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 /// The three stores of a running process; cheap to clone (all are handles).
 #[derive(Clone)]
 pub struct Stores {
-    /// PostgreSQL pool.
+    /// PostgreSQL pool of request handlers and background tasks.
     pub pg: PgPool,
+    /// Connections of the group-commit writer alone, one per writer task: orders, releases and
+    /// expiries never wait behind request handlers for a connection (a rush of reads or
+    /// cancels cannot starve the commits everything else waits for).
+    pub writer_pg: PgPool,
     /// Redis client with the configured key prefix.
     pub redis: RedisStore,
     /// Pulsar client with the configured topic prefix.
@@ -88,8 +112,22 @@ impl Stores {
     /// Opens PostgreSQL, Redis and Pulsar, in that order, each within its configured timeout.
     pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
         let pg = postgres::connect(&settings.database).await?;
+        let writer = settings.writer.settings();
+        let mut writer_config = postgres::pg_config(&settings.database)?;
+        // Named apart, so an operator (or a test) can tell the writer's sessions in pg_stat_activity.
+        writer_config.application_name("boxoffice-writer");
+        let writer_pg = postgres::pool_from_config(
+            writer_config,
+            writer.shards * writer.writers,
+            settings.database.connect_timeout(),
+        )?;
         let redis = RedisStore::connect(&settings.redis).await?;
         let pulsar = PulsarStore::connect(&settings.pulsar).await?;
-        Ok(Stores { pg, redis, pulsar })
+        Ok(Stores {
+            pg,
+            writer_pg,
+            redis,
+            pulsar,
+        })
     }
 }

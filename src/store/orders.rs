@@ -32,6 +32,8 @@ pub struct IdempotentResult {
     pub status: u16,
     /// Body to replay, byte for byte.
     pub body: Vec<u8>,
+    /// How long the answer is replayed; a key older than this starts a fresh order.
+    pub ttl_secs: f64,
 }
 
 /// Everything one new order writes, in one transaction (the group-commit writer's job).
@@ -43,6 +45,8 @@ pub struct PlaceOrder {
     pub user_id: i64,
     /// The program.
     pub program_id: i64,
+    /// The show time its tickets are for (each show time sells its own categories).
+    pub show_time_id: Option<i64>,
     /// Sum of the tickets' prices.
     pub total_cents: i64,
     /// End of the payment window.
@@ -65,7 +69,7 @@ fn refused(code: &'static str, message: impl Into<String>) -> StoreError {
 }
 
 /// The one statement that writes an order (see `migrations/V3__place_order.sql`).
-pub const PLACE_ORDER_SQL: &str = "SELECT place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+pub const PLACE_ORDER_SQL: &str = "SELECT place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, make_interval(secs => $20))";
 
 /// Writes the order inside the writer's transaction in one round trip; the per-account limit is
 /// checked there too. The single writer commits orders one batch after another, so the count is
@@ -114,6 +118,8 @@ pub async fn insert_order_in(
                 &idem.request_hash,
                 &(idem.status as i16),
                 &idem.body,
+                &o.show_time_id,
+                &idem.ttl_secs,
             ],
         )
         .await?

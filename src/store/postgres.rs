@@ -104,7 +104,10 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// Whether a failed transaction may simply be run again: Postgres aborted it to break a
-/// deadlock or a serialization conflict (SQLSTATE 40P01 / 40001, which [`describe`] puts first).
+/// deadlock or a serialization conflict (SQLSTATE 40P01 / 40001). Decided on the code the
+/// server sent, never on message text.
 pub fn is_transient_conflict(e: &super::StoreError) -> bool {
-    matches!(e, super::StoreError::Postgres(m) if m.starts_with("40P01") || m.starts_with("40001"))
+    use tokio_postgres::error::SqlState;
+    matches!(e, super::StoreError::Db { sqlstate, .. }
+        if *sqlstate == SqlState::T_R_DEADLOCK_DETECTED || *sqlstate == SqlState::T_R_SERIALIZATION_FAILURE)
 }

@@ -48,7 +48,14 @@ pub struct WriterStats {
     pub refused: AtomicU64,
     /// Jobs failed because their batch's commit failed.
     pub failed: AtomicU64,
+    /// Batches run again after Postgres aborted them to break a deadlock.
+    pub retried: AtomicU64,
 }
+
+/// Attempts per batch when Postgres aborts it to break a deadlock or a serialization conflict:
+/// the abort rolled the whole batch back and its seats are still reserved by their actors, so
+/// running it again is safe; past this the batch fails (its orders answer 503).
+const ATTEMPTS: usize = 3;
 
 /// What a job writes.
 enum Write {
@@ -71,7 +78,9 @@ pub struct GroupCommitWriter {
 }
 
 impl GroupCommitWriter {
-    /// Starts the writer tasks (`writers` per shard) on the current runtime.
+    /// Starts the writer tasks (`writers` per shard) on the current runtime. `pool` should be
+    /// the writer's own (`Stores::writer_pg`, one connection per task), so that commits never
+    /// queue behind request handlers for a connection.
     pub fn start(pool: PgPool, settings: WriterSettings) -> Self {
         let stats = Arc::new(WriterStats::default());
         let shards = (0..settings.shards.max(1))
@@ -160,19 +169,23 @@ async fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, settings: WriterSettin
 
 async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
     let size = batch.len() as u64;
-    let mut outcome = write_batch(pool, &batch).await;
-    if outcome
-        .as_ref()
-        .is_err_and(super::postgres::is_transient_conflict)
-    {
-        // Shards lock rows of other shards' orders only in shared places (general-admission
-        // counters); Postgres breaks such a deadlock by aborting one batch, which rolled back
-        // whole, and its seats are still reserved by their actors: run it once more.
+    let mut outcome = write_and_resolve(pool, &batch).await;
+    for attempt in 2..=ATTEMPTS {
+        if !outcome
+            .as_ref()
+            .is_err_and(super::postgres::is_transient_conflict)
+        {
+            break;
+        }
+        // Shards share rows only in shared places (general-admission counters); Postgres
+        // breaks a deadlock there by aborting one batch, which rolled back whole.
         tracing::warn!(
             jobs = size,
-            "group commit hit a deadlock; retrying the batch"
+            attempt,
+            "group commit hit a deadlock; running the batch again"
         );
-        outcome = write_batch(pool, &batch).await;
+        stats.retried.fetch_add(1, Ordering::Relaxed);
+        outcome = write_and_resolve(pool, &batch).await;
     }
     match outcome {
         Ok(results) => {
@@ -192,21 +205,93 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
             tracing::error!(error = %e, jobs = size, "group commit failed");
             stats.failed.fetch_add(size, Ordering::Relaxed);
             for job in batch {
-                let _ = job.reply.send(Err(StoreError::Postgres(e.to_string())));
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }
 }
 
+/// Per-job results of a committed batch.
+type JobResults = Vec<Result<(), StoreError>>;
+
+/// Why a batch did not report a commit.
+struct BatchFailure {
+    error: StoreError,
+    /// Set when `COMMIT` itself failed: the batch's transaction id and the per-job results it
+    /// would have, for asking Postgres what became of it.
+    at_commit: Option<(i64, JobResults)>,
+}
+
+impl From<StoreError> for BatchFailure {
+    fn from(error: StoreError) -> Self {
+        BatchFailure {
+            error,
+            at_commit: None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for BatchFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for BatchFailure {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+/// Runs the batch; if the answer to its `COMMIT` was lost (the connection broke), asks Postgres
+/// whether that transaction committed, so that nobody is told "failed" about a committed order
+/// (its seats would be freed in the actors while Postgres holds them) or "done" about one that
+/// did not commit.
+async fn write_and_resolve(pool: &PgPool, batch: &[Job]) -> Result<JobResults, StoreError> {
+    let failure = match write_batch(pool, batch).await {
+        Ok(results) => return Ok(results),
+        Err(failure) => failure,
+    };
+    let Some((xid, results)) = failure.at_commit else {
+        return Err(failure.error);
+    };
+    tracing::warn!(xid, error = %failure.error, "the answer to a batch's COMMIT was lost; asking Postgres");
+    match commit_status(pool, xid).await {
+        Some(true) => Ok(results),
+        Some(false) => Err(failure.error),
+        None => Err(StoreError::CommitUnknown(failure.error.to_string())),
+    }
+}
+
+/// `txid_status` of the batch's transaction, asked on a fresh connection until it is no longer
+/// in progress: `Some(committed)`, or `None` if Postgres cannot tell within a few seconds.
+async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool> {
+    for _ in 0..100 {
+        let status = async {
+            let client = pool.get().await?;
+            let row = client
+                .query_one("SELECT txid_status($1)::text", &[&xid])
+                .await?;
+            Ok::<_, StoreError>(row.get::<_, Option<String>>(0))
+        };
+        match status.await {
+            Ok(Some(s)) if s == "committed" => return Some(true),
+            Ok(Some(s)) if s == "aborted" => return Some(false),
+            // In progress (the backend has not finished the COMMIT yet), or Postgres unreachable.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    None
+}
+
 /// One transaction; per-job results, or the error that failed the whole batch. Change jobs run
 /// one by one under a savepoint each; order jobs are one statement each (refusals handled inside
 /// it), sent pipelined so a batch of orders costs about one round trip.
-async fn write_batch(
-    pool: &PgPool,
-    batch: &[Job],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+async fn write_batch(pool: &PgPool, batch: &[Job]) -> Result<JobResults, BatchFailure> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // The id to ask `txid_status` about should the answer to COMMIT be lost.
+    let xid: i64 = tx.query_one("SELECT txid_current()", &[]).await?.get(0);
     let mut results: Vec<Option<Result<(), StoreError>>> = (0..batch.len()).map(|_| None).collect();
     for (i, job) in batch.iter().enumerate() {
         if let Write::Changes(changes) = &job.write {
@@ -236,17 +321,22 @@ async fn write_batch(
         }))
         .await;
         for (i, result) in placed {
-            if let Err(e) = &result
-                && !matches!(e, StoreError::Refused { .. })
-            {
-                // Not a refusal: the transaction is unusable, so the whole batch fails.
-                return Err(StoreError::Postgres(e.to_string()));
+            match result {
+                // Not a refusal: the transaction is unusable, so the whole batch fails (with the
+                // error as Postgres gave it: its SQLSTATE decides whether to run it again).
+                Err(e) if !matches!(e, StoreError::Refused { .. }) => return Err(e.into()),
+                result => results[i] = Some(result),
             }
-            results[i] = Some(result);
         }
     }
-    tx.commit().await?;
-    Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+    let results: JobResults = results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect();
+    match tx.commit().await {
+        Ok(()) => Ok(results),
+        Err(e) => Err(BatchFailure {
+            error: e.into(),
+            at_commit: Some((xid, results)),
+        }),
+    }
 }
 
 async fn write_changes(
@@ -288,5 +378,9 @@ impl InventoryStore for GroupCommitStore {
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<(), StoreError>> {
         let writer = self.writer.clone();
         Box::pin(async move { writer.submit(vec![change]).await })
+    }
+
+    fn live_categories(&self) -> BoxFuture<'static, Result<Vec<i64>, StoreError>> {
+        self.loads.live_categories()
     }
 }

@@ -7,7 +7,9 @@
 use crate::helpers::{TestDb, actor_settings, create_program};
 use actix::prelude::*;
 use boxoffice::actors::category::Channels;
-use boxoffice::actors::{CategoryActor, Crash, GetSnapshot, GetStats, Hold, Selection};
+use boxoffice::actors::{
+    CategoryActor, Crash, GetSnapshot, GetStats, Hold, Outcome, Reserve, Selection, Settle,
+};
 use boxoffice::clock::{Clock, TokioClock};
 use boxoffice::domain::inventory::{Counts, Inventory};
 use boxoffice::store::catalog::Layout;
@@ -93,7 +95,34 @@ impl TimerRig {
             self.store.clone() as Arc<dyn InventoryStore>,
             self.clock.clone() as Arc<dyn Clock>,
         );
-        CategoryActor::new(inv, store, clock, settings, Channels { snapshot, deltas }).start()
+        let (reloads, _) = tokio::sync::mpsc::unbounded_channel();
+        let channels = Channels {
+            snapshot,
+            deltas,
+            reloads,
+        };
+        CategoryActor::new(inv, store, clock, settings, channels).start()
+    }
+
+    /// Holds the way the ordering service does: reserve, write, settle as committed.
+    async fn hold(&self, actor: &Addr<CategoryActor>, hold: Hold) {
+        let order_no = hold.order_no;
+        let reserved = actor.send(Reserve(hold)).await.unwrap().unwrap();
+        // Waited for with this thread blocked: awaiting it would leave the paused runtime idle,
+        // and tokio would jump time to the reservation's timeout before the settle arrives.
+        let write = self.store.apply(reserved.change);
+        std::thread::spawn(move || futures::executor::block_on(write))
+            .join()
+            .unwrap()
+            .unwrap();
+        let settle = Settle {
+            order_no,
+            outcome: Outcome::Committed,
+        };
+        assert!(
+            actor.send(settle).await.unwrap(),
+            "the reservation was pending"
+        );
     }
 }
 
@@ -133,7 +162,7 @@ async fn a_hold_expires_exactly_at_its_time() {
         selection: Selection::Best(3),
         expires_at,
     };
-    actor.send(hold).await.unwrap().unwrap();
+    rig.hold(&actor, hold).await;
     assert_eq!(counts(&actor).await.held, 3);
 
     tokio::time::advance(Duration::from_secs(15 * 60) - Duration::from_millis(1)).await;
@@ -170,15 +199,15 @@ async fn a_restarted_actor_rearms_the_timer() {
     let rig = timer_rig().await;
     let first = rig.start_actor().await;
     let expires_at = rig.clock.now() + chrono::Duration::minutes(15);
-    first
-        .send(Hold {
+    rig.hold(
+        &first,
+        Hold {
             order_no: 2,
             selection: Selection::Best(2),
             expires_at,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        },
+    )
+    .await;
     tokio::time::advance(Duration::from_secs(5 * 60)).await;
     assert!(first.send(Crash("restart test".into())).await.is_err());
 
@@ -207,15 +236,15 @@ async fn holds_already_past_are_released_on_start() {
     let rig = timer_rig().await;
     let first = rig.start_actor().await;
     let expires_at = rig.clock.now() + chrono::Duration::minutes(1);
-    first
-        .send(Hold {
+    rig.hold(
+        &first,
+        Hold {
             order_no: 3,
             selection: Selection::Best(1),
             expires_at,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        },
+    )
+    .await;
     let _ = first.send(Crash("stop before the deadline".into())).await;
     tokio::time::advance(Duration::from_secs(120)).await;
     let second = rig.start_actor().await;

@@ -3,10 +3,10 @@
 //!
 //! Reproduce a simulation run with `SIM_SEED=<seed printed on failure> dev/test.sh -- actors`.
 
-use crate::helpers::{TestDb, actor_settings, create_program, poll_until};
+use crate::helpers::{TestDb, actor_settings, create_program, hold_via, poll_until};
 use boxoffice::actors::{
-    ActorError, CategorySnapshot, Crash, GetSnapshot, GetStats, Hold, Selection, Supervisor,
-    Transition, hold_all,
+    ActorError, CategorySnapshot, Crash, GetSnapshot, GetStats, Held, Hold, Outcome, Reserve,
+    Selection, Settle, Supervisor, Transition,
 };
 use boxoffice::clock::SystemClock;
 use boxoffice::domain::inventory::{
@@ -103,6 +103,11 @@ async fn rig_with(settings: boxoffice::config::ActorSettings) -> Rig {
 }
 
 impl Rig {
+    /// Holds through reserve → write → settle (see `helpers::hold_via`).
+    async fn hold(&self, category: i64, hold: Hold) -> Result<Held, ActorError> {
+        hold_via(&self.supervisor, &*self.store, category, hold).await
+    }
+
     /// The category's seat map, asked of its actor.
     async fn snapshot(&self, category: i64) -> Arc<CategorySnapshot> {
         self.supervisor.call(category, GetSnapshot).await.unwrap()
@@ -291,7 +296,6 @@ async fn simulation_actor_agrees_with_model_and_postgres() {
                 };
                 let quantity = rng.gen_range(1..=2);
                 if rig
-                    .supervisor
                     .hold(
                         category,
                         hold(order, Selection::Best(quantity), Duration::seconds(-1)),
@@ -312,7 +316,6 @@ async fn simulation_actor_agrees_with_model_and_postgres() {
                     rig.ga
                 };
                 let r = rig
-                    .supervisor
                     .hold(
                         category,
                         hold(order, Selection::Best(1), Duration::minutes(15)),
@@ -366,7 +369,6 @@ async fn hold_chosen(
         .map(|s| (*s, if wrong_price { PRICE + 1 } else { PRICE }))
         .collect();
     let result = rig
-        .supervisor
         .hold(
             rig.seated,
             hold(order, Selection::Seats(seats), Duration::minutes(15)),
@@ -406,7 +408,6 @@ async fn hold_best(rig: &Rig, model: &mut Model, rng: &mut StdRng, order: i64, s
     let ga = rng.gen_bool(0.4);
     let category = if ga { rig.ga } else { rig.seated };
     let result = rig
-        .supervisor
         .hold(
             category,
             hold(order, Selection::Best(quantity), Duration::minutes(15)),
@@ -506,13 +507,12 @@ async fn restarted_actor_has_identical_state() {
     let mut orders = Vec::new();
     for n in 0..10 {
         let category = if n % 2 == 0 { rig.seated } else { rig.ga };
-        rig.supervisor
-            .hold(
-                category,
-                hold(5_000 + n, Selection::Best(2), Duration::minutes(15)),
-            )
-            .await
-            .unwrap();
+        rig.hold(
+            category,
+            hold(5_000 + n, Selection::Best(2), Duration::minutes(15)),
+        )
+        .await
+        .unwrap();
         orders.push((category, 5_000 + n));
     }
     for (category, order_no) in orders.iter().take(3) {
@@ -554,14 +554,11 @@ async fn restarted_actor_has_identical_state() {
 async fn concurrent_holds_never_share_a_seat_and_stop_at_capacity() {
     let rig = rig().await;
     let calls = (0..200).map(|n| {
-        let sup = rig.supervisor.clone();
+        let (sup, store) = (rig.supervisor.clone(), rig.store.clone());
         let seated = rig.seated;
         tokio::spawn(async move {
-            sup.hold(
-                seated,
-                hold(10_000 + n, Selection::Best(1), Duration::minutes(15)),
-            )
-            .await
+            let wanted = hold(10_000 + n, Selection::Best(1), Duration::minutes(15));
+            hold_via(&sup, &*store, seated, wanted).await
         })
     });
     let results = futures::future::join_all(calls).await;
@@ -585,117 +582,131 @@ async fn concurrent_holds_never_share_a_seat_and_stop_at_capacity() {
     assert_eq!(snap.counts.held as usize, seats.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn saturated_actor_answers_overloaded_at_once() {
-    let rig = rig().await;
-    // A store that never finishes: every hold stays in flight.
-    struct Stuck(PgInventoryStore);
-    impl InventoryStore for Stuck {
-        fn load(
-            &self,
-            c: i64,
-        ) -> BoxFuture<'static, Result<(CategorySpec, Vec<LoadedOrder>), StoreError>> {
-            self.0.load(c)
-        }
-        fn apply(&self, _: Change) -> BoxFuture<'static, Result<(), StoreError>> {
-            Box::pin(futures::future::pending())
-        }
+/// The real Postgres store behind a gate: while it is closed, writes wait (they stay in flight
+/// in their actor, filling its budget).
+struct Gated {
+    inner: PgInventoryStore,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl InventoryStore for Gated {
+    fn load(
+        &self,
+        c: i64,
+    ) -> BoxFuture<'static, Result<(CategorySpec, Vec<LoadedOrder>), StoreError>> {
+        self.inner.load(c)
     }
-    let stuck = Arc::new(Stuck(PgInventoryStore::new(
-        rig.pool.clone(),
-        tokio::runtime::Handle::current(),
-    )));
-    let mut settings = actor_settings();
-    settings.mailbox_capacity = 8; // below GA capacity, so the stuck calls, not sell-out, fill it
-    let capacity = settings.mailbox_capacity;
-    let supervisor = Supervisor::new(stuck, Arc::new(SystemClock), settings);
-    let mut waiting = Vec::new();
-    for n in 0..capacity as i64 {
-        let sup = supervisor.clone();
-        let ga = rig.ga;
-        waiting.push(tokio::spawn(async move {
-            sup.hold(ga, hold(n + 1, Selection::Best(1), Duration::minutes(1)))
-                .await
-        }));
-    }
-    // Wait (bounded) until every stuck call has taken its place in the budget.
-    for _ in 0..100_000 {
-        if supervisor.queue_depth(rig.ga) == capacity {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(supervisor.queue_depth(rig.ga), capacity);
-    // A queued call would hang on the stuck store forever; an answer at all means "refused".
-    let probe = supervisor
-        .hold(
-            rig.ga,
-            hold(20_000, Selection::Best(1), Duration::minutes(1)),
-        )
-        .await;
-    assert_eq!(probe, Err(ActorError::Overloaded));
-    for w in waiting {
-        w.abort();
+    fn apply(&self, change: Change) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (mut open, inner) = (self.open.clone(), self.inner.clone());
+        Box::pin(async move {
+            let _ = open.wait_for(|open| *open).await;
+            inner.apply(change).await
+        })
     }
 }
 
+/// Releases of `orders` whose writes wait at the gate: each keeps one place of the actor's
+/// budget until the gate opens.
+fn stuck_releases(
+    supervisor: &Supervisor,
+    category: i64,
+    orders: std::ops::Range<i64>,
+) -> Vec<tokio::task::JoinHandle<Result<bool, ActorError>>> {
+    orders
+        .map(|order_no| {
+            let sup = supervisor.clone();
+            let release = Transition {
+                kind: ChangeKind::Release,
+                order_no,
+            };
+            tokio::spawn(async move { sup.transition(category, release).await })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multi_category_hold_rolls_back_everything_on_refusal() {
+async fn a_full_mailbox_refuses_new_work_but_never_a_settle() {
     let rig = rig().await;
-    let order = 77_777;
-    // GA can take 2; seated gets a price mismatch, so both must end up free.
-    let seat = rig.snapshot(rig.seated).await.seats[0].id;
-    let parts = vec![
-        (
-            rig.seated,
-            hold(
-                order,
-                Selection::Seats(vec![(seat, PRICE - 1)]),
-                Duration::minutes(15),
-            ),
-        ),
-        (
+    let (gate, open) = tokio::sync::watch::channel(true);
+    let gated = Arc::new(Gated {
+        inner: PgInventoryStore::new(rig.pool.clone(), tokio::runtime::Handle::current()),
+        open,
+    });
+    let mut settings = actor_settings();
+    settings.mailbox_capacity = 8; // below GA capacity, so stuck calls, not sell-out, fill it
+    let capacity = settings.mailbox_capacity as i64;
+    let supervisor = Supervisor::new(gated.clone(), Arc::new(SystemClock), settings);
+    for order in 1..=capacity {
+        let one = hold(order, Selection::Best(1), Duration::minutes(15));
+        hold_via(&supervisor, &*gated, rig.ga, one).await.unwrap();
+    }
+    // An order reserves two tickets; its transaction is about to commit.
+    let reserved = supervisor
+        .call(
             rig.ga,
-            hold(order, Selection::Best(2), Duration::minutes(15)),
-        ),
-    ];
-    // Sorted ascending: seated (lower id) is tried first and refuses before GA is touched.
-    let err = hold_all(&rig.supervisor, parts).await.unwrap_err();
+            Reserve(hold(500, Selection::Best(2), Duration::minutes(15))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    gate.send_replace(false);
+    let waiting = stuck_releases(&supervisor, rig.ga, 1..capacity + 1);
+    let (sup, ga) = (supervisor.clone(), rig.ga);
+    let depth = poll_until(
+        std::time::Duration::from_secs(5),
+        async || sup.queue_depth(ga),
+        |d| *d == capacity as usize,
+    )
+    .await;
+    assert_eq!(
+        depth, capacity as usize,
+        "the stuck releases fill the budget"
+    );
+    let probe = hold(20_000, Selection::Best(1), Duration::minutes(1));
+    let refused = supervisor.call(rig.ga, Reserve(probe)).await;
     assert!(
-        matches!(
-            err,
-            ActorError::Inventory(InventoryError::PriceMismatch { .. })
-        ),
-        "{err:?}"
+        matches!(refused, Err(ActorError::Overloaded)),
+        "{refused:?}"
     );
 
-    // Seated (lower id, tried first) succeeds, GA refuses: the seated hold must be released.
-    let parts = vec![
-        (
-            rig.ga,
-            hold(
-                order,
-                Selection::Best(GA_CAPACITY + 1),
-                Duration::minutes(15),
-            ),
-        ),
-        (
-            rig.seated,
-            hold(
-                order,
-                Selection::Seats(vec![(seat, PRICE)]),
-                Duration::minutes(15),
-            ),
-        ),
-    ];
-    let err = hold_all(&rig.supervisor, parts).await.unwrap_err();
+    // The order commits; its settle must reach the actor however full the mailbox is.
+    gated.inner.apply(reserved.change.clone()).await.unwrap();
+    let settle = Settle {
+        order_no: 500,
+        outcome: Outcome::Committed,
+    };
+    assert_eq!(supervisor.settle(rig.ga, settle).await, Ok(true));
+    gate.send_replace(true);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), Ok(true));
+    }
+    let stats = supervisor.call(rig.ga, GetStats).await.unwrap();
+    assert_eq!(stats.counts.held, 2, "the acknowledged order stays held");
+    assert_eq!(stats.armed_timers, 1, "with its expiry timer");
+    let others = hold(501, Selection::Best(GA_CAPACITY - 1), Duration::minutes(1));
+    let taken = supervisor.call(rig.ga, Reserve(others)).await.unwrap();
     assert!(
-        matches!(err, ActorError::Inventory(InventoryError::SoldOut { .. })),
-        "{err:?}"
+        matches!(
+            taken,
+            Err(ActorError::Inventory(InventoryError::SoldOut {
+                remaining: 28
+            }))
+        ),
+        "its tickets are unavailable to others: {taken:?}"
     );
-    let seated = rig.snapshot(rig.seated).await;
-    assert_eq!(seated.counts.held, 0, "the seated part was rolled back");
-    assert_eq!(seated.statuses[0], SeatStatus::Available);
+    let cancel = Transition {
+        kind: ChangeKind::Release,
+        order_no: 500,
+    };
+    assert_eq!(
+        supervisor.transition(rig.ga, cancel).await,
+        Ok(true),
+        "and it can be cancelled"
+    );
+    assert_eq!(
+        supervisor.call(rig.ga, GetStats).await.unwrap().counts.held,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,13 +715,12 @@ async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
     settings.idle_passivate_secs = 1;
     let rig = rig_with(settings).await;
     // Seated: a sale, no unpaid hold. GA: an unpaid hold, which must keep its actor alive.
-    rig.supervisor
-        .hold(
-            rig.seated,
-            hold(1, Selection::Best(2), Duration::minutes(15)),
-        )
-        .await
-        .unwrap();
+    rig.hold(
+        rig.seated,
+        hold(1, Selection::Best(2), Duration::minutes(15)),
+    )
+    .await
+    .unwrap();
     let confirm = Transition {
         kind: ChangeKind::Confirm,
         order_no: 1,
@@ -721,8 +731,7 @@ async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
             .await
             .unwrap()
     );
-    rig.supervisor
-        .hold(rig.ga, hold(2, Selection::Best(3), Duration::minutes(15)))
+    rig.hold(rig.ga, hold(2, Selection::Best(3), Duration::minutes(15)))
         .await
         .unwrap();
     let before = rig.snapshot(rig.seated).await;
@@ -752,13 +761,12 @@ async fn idle_actor_without_holds_is_passivated_and_reloads_on_next_use() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unloaded_actor_keeps_its_holds_in_postgres() {
     let rig = rig().await;
-    rig.supervisor
-        .hold(
-            rig.seated,
-            hold(7, Selection::Best(4), Duration::minutes(15)),
-        )
-        .await
-        .unwrap();
+    rig.hold(
+        rig.seated,
+        hold(7, Selection::Best(4), Duration::minutes(15)),
+    )
+    .await
+    .unwrap();
     assert_eq!(rig.supervisor.active(), 1);
     rig.supervisor.unload(rig.seated).await;
     assert_eq!(rig.supervisor.active(), 0);
@@ -770,7 +778,6 @@ async fn unloaded_actor_keeps_its_holds_in_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_committed_after_it_was_abandoned_makes_the_actor_reload() {
-    use boxoffice::actors::{Reserve, Settle};
     let mut settings = actor_settings();
     settings.reservation_timeout_ms = 50;
     let rig = rig_with(settings).await;
@@ -804,7 +811,7 @@ async fn a_reservation_committed_after_it_was_abandoned_makes_the_actor_reload()
             rig.seated,
             Settle {
                 order_no: 9,
-                committed: true,
+                outcome: Outcome::Committed,
             },
         )
         .await;
@@ -846,7 +853,6 @@ const SELL: &str = "UPDATE seats SET status = 'sold', hold_expires_at = NULL WHE
 async fn a_transition_committed_by_the_caller_only_changes_memory() {
     let rig = rig().await;
     let held = rig
-        .supervisor
         .hold(
             rig.seated,
             hold(11, Selection::Best(2), Duration::minutes(15)),
@@ -893,13 +899,12 @@ async fn a_transition_committed_by_the_caller_only_changes_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_finds_its_rows_moved_makes_the_actor_reload() {
     let rig = rig().await;
-    rig.supervisor
-        .hold(
-            rig.seated,
-            hold(12, Selection::Best(2), Duration::minutes(15)),
-        )
-        .await
-        .unwrap();
+    rig.hold(
+        rig.seated,
+        hold(12, Selection::Best(2), Duration::minutes(15)),
+    )
+    .await
+    .unwrap();
     // A payment committed, and its message to the actor was lost.
     move_seats_behind_the_actors_back(&rig, 12, SELL).await;
     let release = Transition {
@@ -933,7 +938,6 @@ async fn a_release_that_finds_its_rows_moved_makes_the_actor_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_reservation_is_republished_in_the_counts() {
-    use boxoffice::actors::{Reserve, Settle};
     let rig = rig().await;
     rig.supervisor
         .call(
@@ -950,7 +954,7 @@ async fn a_dropped_reservation_is_republished_in_the_counts() {
     );
     let settled = Settle {
         order_no: 21,
-        committed: false,
+        outcome: Outcome::NotCommitted,
     };
     assert!(rig.supervisor.call(rig.ga, settled).await.unwrap());
     // Read what readers see (the published snapshot), without messaging the actor.

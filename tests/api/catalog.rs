@@ -3,10 +3,9 @@
 //! (invalidated on every node by an admin edit, and not touching Postgres on a hit).
 
 use crate::helpers::{
-    TcpCut, TestApp, pg_addr, poll_until, signed_in_admin, spawn_app, spawn_app_with,
+    TcpCut, TestApp, pg_addr, poll_until, signed_in_admin, spawn_app, spawn_app_behind,
 };
 use chrono::{Duration, Utc};
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 fn program(title: &str, area: &str, genre: &str, days_ahead: i64) -> Value {
@@ -318,15 +317,7 @@ async fn an_admin_edit_invalidates_every_cache_level_on_every_node() {
 #[tokio::test]
 async fn cache_hits_send_nothing_to_postgres() {
     let proxy = TcpCut::start(pg_addr()).await;
-    let app = spawn_app_with(|s| {
-        let url = s
-            .database
-            .url
-            .expose_secret()
-            .replace(&pg_addr().to_string(), &proxy.addr.to_string());
-        s.database.url = SecretString::from(url);
-    })
-    .await;
+    let app = spawn_app_behind(&proxy).await;
     let (_, token) = signed_in_admin(&app).await;
     let id = create(&app, &token, &program("Cached", "Beijing", "Pop", 5)).await["id"]
         .as_i64()

@@ -22,8 +22,14 @@ fn free_port() -> u16 {
 
 /// The real binary with this test's database, prefixes and port (no config file).
 fn start_server(settings: &Settings, port: u16) -> Child {
+    start_server_with(settings, port, &[])
+}
+
+/// [`start_server`] with extra `BOXOFFICE__…` settings.
+fn start_server_with(settings: &Settings, port: u16, extra: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_boxoffice"))
         .arg("serve")
+        .envs(extra.iter().copied())
         .env("BOXOFFICE_CONFIG", "/nonexistent/boxoffice.toml")
         .env(
             "BOXOFFICE__DATABASE__URL",
@@ -174,6 +180,75 @@ async fn every_acknowledged_order_survives_kill_9() {
         detail["ticket_categories"][0]["remaining"], available,
         "actor and Postgres disagree"
     );
+    restarted.kill().unwrap();
+    let _ = restarted.wait();
+}
+
+/// After a crash, a hold in a category nobody touches still expires on time: the new process
+/// starts the actor of every category with live holds, whose timer closes the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_in_an_untouched_category_expires_on_time_after_a_restart() {
+    let (_db, pool, _) = TestDb::migrated().await;
+    let settings = test_settings(&_db.name);
+    let (program, cats) = create_program(
+        &pool,
+        "quiet",
+        &[("Standing", 5_000, Layout::General { capacity: 10 })],
+    )
+    .await;
+    let buyer = mint_buyers(&pool, &settings, 1, 2).await.remove(0);
+    let (port, window) = (
+        free_port(),
+        [("BOXOFFICE__ORDERS__PAYMENT_WINDOW_SECS", "4")],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut server = start_server_with(&settings, port, &window);
+    wait_healthy(&http, &base).await;
+    let body = json!({"program_id": program, "ticket_buyer_ids": buyer.buyers, "ticket_category_id": cats[0], "quantity": 2});
+    let placed = http
+        .post(format!("{base}/api/v1/orders"))
+        .bearer_auth(&buyer.token)
+        .header("Idempotency-Key", "quiet-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 201);
+    let order: Value = placed.json().await.unwrap();
+    server.kill().expect("kill -9");
+    let _ = server.wait();
+
+    let mut restarted = start_server_with(&settings, port, &window);
+    wait_healthy(&http, &base).await;
+    // Only Postgres is asked from here on: nothing touches the category or its actor.
+    let order_no: i64 = order["order_no"].as_str().unwrap().parse().unwrap();
+    let client = pool.get().await.unwrap();
+    let state = crate::helpers::poll_until(
+        Duration::from_secs(15),
+        async || {
+            let row = client
+                .query_one(
+                    "SELECT status, extract(epoch FROM closed_at - expires_at)::float8,
+                            (SELECT ga_taken FROM ticket_categories WHERE id = $2)
+                     FROM orders WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
+                    &[&order_no, &cats[0]],
+                )
+                .await
+                .unwrap();
+            let status: String = row.get(0);
+            (status, row.get::<_, Option<f64>>(1), row.get::<_, i32>(2))
+        },
+        |(status, _, _)| status != "pending_payment",
+    )
+    .await;
+    assert_eq!(state.0, "expired", "the hold outlived its window");
+    let late = state.1.unwrap_or(f64::MAX);
+    assert!(
+        (0.0..5.0).contains(&late),
+        "closed {late:.3} s after its deadline (never before it, and not waiting for a buyer)"
+    );
+    assert_eq!(state.2, 0, "its tickets are back");
     restarted.kill().unwrap();
     let _ = restarted.wait();
 }

@@ -7,7 +7,7 @@
 
 use boxoffice::config::Settings;
 use boxoffice::store::{PgPool, postgres};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -214,6 +214,19 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Starts a server whose PostgreSQL connections all go through `proxy`.
+pub async fn spawn_app_behind(proxy: &TcpCut) -> TestApp {
+    spawn_app_with(|s| {
+        let url = s
+            .database
+            .url
+            .expose_secret()
+            .replace(&pg_addr().to_string(), &proxy.addr.to_string());
+        s.database.url = SecretString::from(url);
+    })
+    .await
+}
+
 /// Starts a server on port 0 after `customize` adjusted its settings.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::create().await;
@@ -291,6 +304,7 @@ pub struct TcpCut {
     task: JoinHandle<()>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TcpCut {
@@ -301,13 +315,14 @@ impl TcpCut {
         // A std mutex: held only to push or drain handles, never across an await.
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (tracked, counter) = (conns.clone(), sent.clone());
+        let trap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tracked, counter, armed) = (conns.clone(), sent.clone(), trap.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let (counter, armed) = (counter.clone(), armed.clone());
                 let conn = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
-                        pump(inbound, outbound, counter).await;
+                        pump(inbound, outbound, counter, armed).await;
                     }
                 });
                 tracked.lock().unwrap().push(conn);
@@ -318,7 +333,14 @@ impl TcpCut {
             task,
             conns,
             sent,
+            trap,
         }
+    }
+
+    /// The next connection that sends a `COMMIT` has it delivered and is then severed before
+    /// the answer comes back: the client cannot know that Postgres committed.
+    pub fn sever_after_next_commit(&self) {
+        self.trap.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Bytes clients have sent to the service so far.
@@ -335,11 +357,13 @@ impl TcpCut {
     }
 }
 
-/// Copies both ways until either side closes, counting client → service bytes.
+/// Copies both ways until either side closes, counting client → service bytes; severs the
+/// connection right after forwarding a `COMMIT` if the trap is armed.
 async fn pump(
     inbound: TcpStream,
     outbound: TcpStream,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_rx, mut client_tx) = inbound.into_split();
@@ -351,6 +375,11 @@ async fn pump(
                 break;
             }
             sent.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+            if buf[..n].windows(6).any(|w| w == b"COMMIT")
+                && trap.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                break;
+            }
         }
     };
     let down = tokio::io::copy(&mut service_rx, &mut client_tx);
@@ -426,6 +455,30 @@ pub async fn create_program(
     (id, rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Holds tickets the way the ordering service does — reserve, write, settle with the write's
+/// outcome — with `store` standing in for the order's transaction (actor tests have no order
+/// rows). Answers like the write: `CommitFailed` if the store refused.
+pub async fn hold_via(
+    supervisor: &boxoffice::actors::Supervisor,
+    store: &dyn boxoffice::store::inventory::InventoryStore,
+    category: i64,
+    hold: boxoffice::actors::Hold,
+) -> Result<boxoffice::actors::Held, boxoffice::actors::ActorError> {
+    use boxoffice::actors::{ActorError, Outcome, Reserve, Settle};
+    let order_no = hold.order_no;
+    let reserved = supervisor.call(category, Reserve(hold)).await??;
+    let written = store.apply(reserved.change.clone()).await;
+    let outcome = match written {
+        Ok(()) => Outcome::Committed,
+        Err(_) => Outcome::NotCommitted,
+    };
+    supervisor
+        .settle(category, Settle { order_no, outcome })
+        .await?;
+    written.map_err(|e| ActorError::CommitFailed(e.to_string()))?;
+    Ok(reserved.held)
+}
+
 /// Actor settings for tests: small limits, quick snapshots and retries.
 pub fn actor_settings() -> boxoffice::config::ActorSettings {
     boxoffice::config::ActorSettings {
@@ -435,6 +488,7 @@ pub fn actor_settings() -> boxoffice::config::ActorSettings {
         snapshot_interval_ms: 5,
         expiry_retry_ms: 20,
         reservation_timeout_ms: 30_000,
+        live_holds_sweep_secs: 0,
     }
 }
 
@@ -551,13 +605,17 @@ pub async fn order(
         .unwrap()
 }
 
-pub async fn seat_ids(app: &TestApp, program: i64) -> Vec<(i64, String)> {
-    let map: serde_json::Value = app
-        .get(&format!("/api/v1/programs/{program}/seats"))
+/// The program's seat map as the API answers it.
+pub async fn seat_map(app: &TestApp, program: i64) -> serde_json::Value {
+    app.get(&format!("/api/v1/programs/{program}/seats"))
         .await
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn seat_ids(app: &TestApp, program: i64) -> Vec<(i64, String)> {
+    let map = seat_map(app, program).await;
     map["categories"][0]["seats"]
         .as_array()
         .unwrap()

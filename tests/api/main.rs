@@ -11,6 +11,7 @@ mod catalog;
 mod crash;
 mod limits;
 mod ops;
+mod order_path;
 mod orders;
 mod payments;
 mod schema;

@@ -3,8 +3,8 @@
 //! notices, late payments and refunds, and the error codes.
 
 use crate::helpers::{
-    Buyer, TestApp, buyers, code, on_sale, order, order_fact, poll_until, seat_ids, seats_once,
-    spawn_app, spawn_app_with,
+    Buyer, TestApp, buyers, code, on_sale, order, order_fact, poll_until, seat_ids, seat_map,
+    seats_once, spawn_app, spawn_app_with,
 };
 use boxoffice::payments::mockpay::{SIGNATURE_HEADER, sign};
 use secrecy::SecretString;
@@ -203,12 +203,7 @@ async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
     let remaining = poll_until(
         Duration::from_secs(5),
         async || {
-            let map: Value = app
-                .get(&format!("/api/v1/programs/{program}/seats"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let map = seat_map(&app, program).await;
             map["categories"][1]["remaining"].as_i64()
         },
         |r| *r == Some(30),

@@ -1,11 +1,14 @@
 //! The group-commit writer against real Postgres: concurrent holds share transactions, a bad job
 //! fails alone inside its batch, and a failed commit fails every job of the batch.
 
-use crate::helpers::{TcpCut, TestDb, actor_settings, create_program, pg_addr, test_settings};
+use crate::helpers::{
+    TcpCut, TestDb, actor_settings, create_program, hold_via, pg_addr, test_settings,
+};
 use boxoffice::actors::{GetSnapshot, Hold, Selection, Supervisor};
 use boxoffice::clock::SystemClock;
 use boxoffice::domain::inventory::{Change, ChangeKind, SeatInfo};
 use boxoffice::store::catalog::Layout;
+use boxoffice::store::orders::{IdempotentResult, NewTicket, PlaceOrder};
 use boxoffice::store::postgres;
 use boxoffice::store::writer::{GroupCommitStore, GroupCommitWriter, WriterSettings};
 use secrecy::{ExposeSecret, SecretString};
@@ -16,7 +19,7 @@ use std::time::Duration;
 const ROWS: i32 = 20;
 const COLS: i32 = 20;
 
-fn settings(max_batch: usize, max_wait_ms: u64) -> WriterSettings {
+fn settings_of(max_batch: usize, max_wait_ms: u64) -> WriterSettings {
     WriterSettings {
         max_batch,
         max_wait: Duration::from_millis(max_wait_ms),
@@ -40,22 +43,22 @@ async fn seated_program(pool: &boxoffice::store::PgPool) -> i64 {
 async fn concurrent_holds_share_transactions_and_all_become_durable() {
     let (_db, pool, _) = TestDb::migrated().await;
     let category = seated_program(&pool).await;
-    let writer = GroupCommitWriter::start(pool.clone(), settings(64, 2));
-    let store = GroupCommitStore::new(
+    let writer = GroupCommitWriter::start(pool.clone(), settings_of(64, 2));
+    let store = Arc::new(GroupCommitStore::new(
         pool.clone(),
         writer.clone(),
         tokio::runtime::Handle::current(),
-    );
-    let supervisor = Supervisor::new(Arc::new(store), Arc::new(SystemClock), actor_settings());
+    ));
+    let supervisor = Supervisor::new(store.clone(), Arc::new(SystemClock), actor_settings());
     let holds = (0..60).map(|n| {
-        let sup = supervisor.clone();
+        let (sup, store) = (supervisor.clone(), store.clone());
         tokio::spawn(async move {
             let hold = Hold {
                 order_no: 100 + n,
                 selection: Selection::Best(2),
                 expires_at: chrono::Utc::now() + chrono::Duration::minutes(15),
             };
-            sup.hold(category, hold).await
+            hold_via(&sup, &*store, category, hold).await
         })
     });
     let results = futures::future::join_all(holds).await;
@@ -130,7 +133,7 @@ async fn a_job_whose_rows_disagree_fails_alone_in_its_batch() {
     let category = seated_program(&pool).await;
     let seats = first_seats(&pool, category, 4).await;
     // A long wait and a batch of two: both jobs land in the same transaction.
-    let writer = GroupCommitWriter::start(pool.clone(), settings(2, 2_000));
+    let writer = GroupCommitWriter::start(pool.clone(), settings_of(2, 2_000));
     let good = change(ChangeKind::Hold, category, 1, seats[..2].to_vec());
     let bad = change(ChangeKind::Release, category, 2, seats[2..].to_vec()); // never held
     let (good, bad) = tokio::join!(writer.submit(vec![good]), writer.submit(vec![bad]));
@@ -175,7 +178,7 @@ async fn a_failed_commit_fails_every_job_and_writes_nothing() {
     through_proxy.database.url = SecretString::from(url);
     through_proxy.database.connect_timeout_ms = 500;
     let cut_pool = postgres::build_pool(&through_proxy.database).unwrap();
-    let writer = GroupCommitWriter::start(cut_pool, settings(8, 200));
+    let writer = GroupCommitWriter::start(cut_pool, settings_of(8, 200));
     proxy.cut();
     let a = change(ChangeKind::Hold, category, 1, seats[..2].to_vec());
     let b = change(ChangeKind::Hold, category, 2, seats[2..].to_vec());
@@ -204,7 +207,7 @@ async fn every_order_of_a_buyer_meets_the_same_shard_and_shards_spread_buyers() 
         pool,
         WriterSettings {
             shards: 4,
-            ..settings(64, 1)
+            ..settings_of(64, 1)
         },
     );
     let ids = OrderNoGenerator::new(3);
@@ -219,4 +222,147 @@ async fn every_order_of_a_buyer_meets_the_same_shard_and_shards_spread_buyers() 
         used.insert(first);
     }
     assert_eq!(used.len(), 4, "buyers spread over every shard");
+}
+
+/// A general-admission order for `user_id`'s first ticket buyer, as the ordering service builds it.
+fn ga_order(order_no: i64, user_id: i64, program_id: i64, category: i64, buyer: i64) -> PlaceOrder {
+    let expires_at = chrono::Utc::now() + chrono::Duration::minutes(15);
+    PlaceOrder {
+        order_no,
+        user_id,
+        program_id,
+        show_time_id: None,
+        total_cents: 1_000,
+        expires_at,
+        tickets: vec![NewTicket {
+            ticket_category_id: category,
+            ticket_buyer_id: buyer,
+            seat_id: None,
+            price_cents: 1_000,
+        }],
+        changes: vec![Change {
+            kind: ChangeKind::Hold,
+            program_id,
+            category_id: category,
+            order_no,
+            seats: vec![],
+            quantity: 1,
+            expires_at: Some(expires_at),
+        }],
+        per_account_limit: 4,
+        idempotency: IdempotentResult {
+            key: format!("key-{order_no}"),
+            request_hash: vec![1],
+            status: 201,
+            body: b"{}".to_vec(),
+            ttl_secs: 86_400.0,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_on_a_shared_ga_counter_is_retried_and_every_order_answered() {
+    use boxoffice::domain::order_no::OrderNoGenerator;
+    let (_db, pool, settings) = TestDb::migrated().await;
+    let (program, cats) = create_program(
+        &pool,
+        "deadlock",
+        &[("Standing", 1_000, Layout::General { capacity: 100 })],
+    )
+    .await;
+    let ga = cats[0];
+    let crowd = crate::helpers::mint_buyers(&pool, &settings, 2, 1).await;
+    let client = pool.get().await.unwrap();
+    let mut orders = Vec::new();
+    let ids = OrderNoGenerator::new(1);
+    for b in &crowd {
+        let user: i64 = client
+            .query_one(
+                "SELECT user_id FROM ticket_buyers WHERE id = $1",
+                &[&b.buyers[0]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let no = ids.next(user, chrono::Utc::now().timestamp_millis());
+        orders.push(ga_order(no, user, program, ga, b.buyers[0]));
+    }
+    let writer = GroupCommitWriter::start(
+        pool.clone(),
+        WriterSettings {
+            shards: 2,
+            ..settings_of(8, 1)
+        },
+    );
+    assert_ne!(
+        writer.shard_of(orders[0].order_no),
+        writer.shard_of(orders[1].order_no),
+        "one order per shard"
+    );
+    // Another transaction holds the counter's row (and gives up only after the writer would).
+    let blocker = pool.get().await.unwrap();
+    blocker
+        .batch_execute(&format!(
+            "SET deadlock_timeout = '60s'; BEGIN;
+             UPDATE ticket_categories SET ga_taken = ga_taken WHERE id = {ga}"
+        ))
+        .await
+        .unwrap();
+    let placing: Vec<_> = orders
+        .iter()
+        .map(|o| {
+            let (w, o) = (writer.clone(), o.clone());
+            tokio::spawn(async move { w.place_order(o).await })
+        })
+        .collect();
+    let waiting = crate::helpers::poll_until(
+        Duration::from_secs(5),
+        async || -> i64 {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        },
+        |n| *n == 2,
+    )
+    .await;
+    assert_eq!(waiting, 2, "both shards wait on the counter");
+    // Now wait on the first shard's uncommitted GA hold: a cycle, which Postgres breaks by
+    // aborting the shard's batch (its deadlock_timeout expires first).
+    let first = orders[0].order_no;
+    blocker
+        .execute(
+            "INSERT INTO ga_holds (ticket_category_id, order_no, quantity, status, hold_expires_at)
+             VALUES ($1, $2, 1, 'held', now() + interval '1 hour')",
+            &[&ga, &first],
+        )
+        .await
+        .unwrap();
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    for p in placing {
+        assert!(
+            matches!(p.await.unwrap(), Ok(())),
+            "every order of both shards is answered Ok"
+        );
+    }
+    let stats = writer.stats();
+    assert!(
+        stats.retried.load(Ordering::Relaxed) >= 1,
+        "the aborted batch ran again"
+    );
+    assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+    let taken: i32 = client
+        .query_one(
+            "SELECT ga_taken FROM ticket_categories WHERE id = $1",
+            &[&ga],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken, 2);
 }
