@@ -7,8 +7,8 @@
 //!        ◄──WS───  http::ws  ◄──── seat deltas (coalesced, serialized once) ◄──────┤
 //!                                                                                   │ committed changes
 //!                                                        store (group commit) ──► PostgreSQL (truth)
-//!                                                        outbox relay ──► Pulsar ──► consumers
-//!  Redis (fred): sessions, rate limits, read-model mirror. Redis mirrors; it never decides.
+//!                                                        outbox relay ──► Pulsar ──► consumers (not yet)
+//!  Redis (fred): sessions, rate limits, read-model mirror (not yet). Redis never decides.
 //! ```
 //!
 //! - [`config`] — typed settings: embedded defaults ← `config.toml` ← `BOXOFFICE__*` env.
