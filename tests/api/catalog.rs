@@ -118,6 +118,9 @@ async fn program_creation_is_validated_naming_the_field() {
     let mut huge = program("A", "B", "C", 1);
     huge["ticket_categories"][0]["rows"] = json!(100_000);
     cases.push((huge, "ticket_categories"));
+    let mut twice = program("A", "B", "C", 1);
+    twice["show_times"] = json!([twice["show_times"][0], twice["show_times"][0]]);
+    cases.push((twice, "show_times"));
     let mut untitled = program("", "B", "C", 1);
     untitled["title"] = json!(" ");
     cases.push((untitled, "title"));
