@@ -182,7 +182,8 @@ fn slug_of(body: &CreateProgram) -> String {
 
 /// Creates a program with show times, tiers and seat layout; every tier is created once per
 /// show time, so the answer lists (show times × tiers) ticket categories.
-#[utoipa::path(post, path = "/api/v1/admin/programs", tag = "admin", request_body = CreateProgram,
+#[utoipa::path(post, path = "/api/v1/admin/programs", tag = "admin", operation_id = "create_program",
+    request_body = CreateProgram,
     responses((status = 201, description = "The program", body = ProgramDetail), (status = 403, description = "Not an admin"),
         (status = 422, description = "A field is invalid")))]
 pub async fn create(

@@ -27,7 +27,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 /// Programs matching the filters, a page at a time.
-#[utoipa::path(get, path = "/api/v1/programs", tag = "catalog", params(ProgramQuery),
+#[utoipa::path(get, path = "/api/v1/programs", tag = "catalog", operation_id = "list_programs", params(ProgramQuery),
     responses((status = 200, description = "`{items, total, page, per_page}`")))]
 pub async fn list(
     State(st): State<AppState>,
