@@ -9,7 +9,8 @@ use super::limits;
 use crate::store::catalog::{
     self, Layout, NewProgram, NewTicketCategory, PatchError, ProgramPatch,
 };
-use crate::store::{StoreError, audit, catalog_read};
+use crate::store::catalog_read::{self, ProgramDetail};
+use crate::store::{StoreError, audit};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{patch, post};
@@ -31,7 +32,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::admin))
 }
 
-/// `POST /api/v1/admin/programs` body.
+/// `POST /api/v1/admin/programs` body. Every tier in `ticket_categories` is created for every
+/// show time in `show_times`: each show time sells its own seats.
 #[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub struct CreateProgram {
     slug: Option<String>,
@@ -124,12 +126,7 @@ fn validate(body: &CreateProgram) -> Result<Vec<NewTicketCategory>, ApiError> {
             "per_order_limit must be at least 1 and per_account_limit at least per_order_limit",
         ));
     }
-    if body.show_times.is_empty() {
-        return Err(ApiError::validation(
-            "show_times",
-            "give at least one show time",
-        ));
-    }
+    validate_show_times(&body.show_times)?;
     if body.ticket_categories.is_empty() {
         return Err(ApiError::validation(
             "ticket_categories",
@@ -152,6 +149,24 @@ fn validate(body: &CreateProgram) -> Result<Vec<NewTicketCategory>, ApiError> {
     Ok(tiers)
 }
 
+/// At least one show time and no two alike: every show time gets its own copy of every tier,
+/// and a repeated one would otherwise reach the database's unique constraint and answer 503
+/// instead of naming the field.
+fn validate_show_times(show_times: &[DateTime<Utc>]) -> Result<(), ApiError> {
+    if show_times.is_empty() {
+        return Err(ApiError::validation(
+            "show_times",
+            "give at least one show time",
+        ));
+    }
+    let mut sorted = show_times.to_vec();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(ApiError::validation("show_times", "show times must differ"));
+    }
+    Ok(())
+}
+
 fn slug_of(body: &CreateProgram) -> String {
     body.slug.clone().unwrap_or_else(|| {
         let base: String = body
@@ -165,9 +180,11 @@ fn slug_of(body: &CreateProgram) -> String {
     })
 }
 
-/// Creates a program with show times, tiers and seat layout.
-#[utoipa::path(post, path = "/api/v1/admin/programs", tag = "admin", request_body = CreateProgram,
-    responses((status = 201, description = "The program"), (status = 403, description = "Not an admin"),
+/// Creates a program with show times, tiers and seat layout; every tier is created once per
+/// show time, so the answer lists (show times × tiers) ticket categories.
+#[utoipa::path(post, path = "/api/v1/admin/programs", tag = "admin", operation_id = "create_program",
+    request_body = CreateProgram,
+    responses((status = 201, description = "The program", body = ProgramDetail), (status = 403, description = "Not an admin"),
         (status = 422, description = "A field is invalid")))]
 pub async fn create(
     State(st): State<AppState>,
@@ -228,7 +245,7 @@ async fn commit_audited(
 /// Edits a program; every node drops its cached copy.
 #[utoipa::path(patch, path = "/api/v1/admin/programs/{id}", tag = "admin", request_body = ProgramPatch,
     params(("id" = i64, Path, description = "Program id")),
-    responses((status = 200, description = "The program"), (status = 403, description = "Not an admin"),
+    responses((status = 200, description = "The program", body = ProgramDetail), (status = 403, description = "Not an admin"),
         (status = 404, description = "No such program")))]
 pub async fn edit(
     State(st): State<AppState>,

@@ -85,7 +85,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(masked(&added))))
 }
 
-#[utoipa::path(get, path = "/api/v1/me/ticket-buyers", tag = "accounts",
+/// The caller's ticket buyers, masked.
+#[utoipa::path(get, path = "/api/v1/me/ticket-buyers", tag = "accounts", operation_id = "list_ticket_buyers",
     responses((status = 200, description = "`{items: [...]}`, masked")))]
 pub async fn list(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
     let buyers = ticket_buyers::list(&st.stores.pg, &st.cipher, user.id()).await?;

@@ -36,7 +36,7 @@ impl Layout {
 /// A price tier to create with its program.
 #[derive(Debug, Clone)]
 pub struct NewTicketCategory {
-    /// Shown name, unique within the program.
+    /// Shown name, unique among the tiers of one show time.
     pub name: String,
     /// Price in minor units.
     pub price_cents: i64,
@@ -67,9 +67,9 @@ pub struct NewProgram {
     pub per_account_limit: i32,
     /// When ordering opens.
     pub on_sale_at: DateTime<Utc>,
-    /// At least one show time.
+    /// At least one show time, all different; each sells its own copy of `categories`.
     pub show_times: Vec<DateTime<Utc>>,
-    /// Price tiers, in display order.
+    /// Price tiers, in display order, created for every show time.
     pub categories: Vec<NewTicketCategory>,
 }
 
@@ -111,8 +111,9 @@ pub async fn ensure_program_category(
     Ok(row.get(0))
 }
 
-/// Creates the program, its show times, ticket categories and seats in one transaction, or
-/// returns the id of the program that already has this slug (nothing is changed then).
+/// Creates the program, its show times, ticket categories (every tier for every show time) and
+/// seats in one transaction, or returns the id of the program that already has this slug
+/// (nothing is changed then).
 pub async fn create_program(pool: &PgPool, program: &NewProgram) -> Result<i64, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -128,10 +129,20 @@ pub async fn create_program(pool: &PgPool, program: &NewProgram) -> Result<i64, 
 }
 
 /// Creates the program inside the caller's transaction; `None` if the slug is taken.
+///
+/// Every tier is created once per show time: a ticket category is the inventory of one
+/// (show time, tier), so each show time sells its own seats. A program without show times is
+/// refused, because its tiers would have nothing to belong to.
 pub async fn create_program_in(
     tx: &deadpool_postgres::Transaction<'_>,
     program: &NewProgram,
 ) -> Result<Option<i64>, StoreError> {
+    if program.show_times.is_empty() {
+        return Err(StoreError::Refused {
+            code: "VALIDATION",
+            message: "show_times: give at least one show time".into(),
+        });
+    }
     let inserted = tx
         .query_opt(
             "INSERT INTO programs (slug, title, area_id, category_id, venue, description, choose_seats,
@@ -157,21 +168,35 @@ pub async fn create_program_in(
     };
     let program_id: i64 = row.get(0);
     for starts_at in &program.show_times {
-        tx.execute(
-            "INSERT INTO show_times (program_id, starts_at) VALUES ($1, $2)",
-            &[&program_id, starts_at],
-        )
-        .await?;
-    }
-    for (sort, category) in program.categories.iter().enumerate() {
-        insert_ticket_category(tx, program_id, sort as i32, category).await?;
+        let show_time_id = insert_show_time(tx, program_id, starts_at).await?;
+        for (sort, category) in program.categories.iter().enumerate() {
+            insert_ticket_category(tx, program_id, show_time_id, sort as i32, category).await?;
+        }
     }
     Ok(Some(program_id))
 }
 
+/// Inserts one show time of the program and returns its id, which its categories belong to.
+async fn insert_show_time(
+    tx: &deadpool_postgres::Transaction<'_>,
+    program_id: i64,
+    starts_at: &DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO show_times (program_id, starts_at) VALUES ($1, $2) RETURNING id",
+            &[&program_id, starts_at],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Inserts one tier of one show time: the inventory one category actor will own, with its seat
+/// grid when seated.
 async fn insert_ticket_category(
     tx: &deadpool_postgres::Transaction<'_>,
     program_id: i64,
+    show_time_id: i64,
     sort: i32,
     category: &NewTicketCategory,
 ) -> Result<(), StoreError> {
@@ -184,11 +209,12 @@ async fn insert_ticket_category(
     };
     let row = tx
         .query_one(
-            "INSERT INTO ticket_categories (program_id, name, price_cents, capacity, seated, seat_rows,
-                                            seats_per_row, sort_order)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            "INSERT INTO ticket_categories (program_id, show_time_id, name, price_cents, capacity,
+                                            seated, seat_rows, seats_per_row, sort_order)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
             &[
                 &program_id,
+                &show_time_id,
                 &category.name,
                 &category.price_cents,
                 &category.layout.capacity(),

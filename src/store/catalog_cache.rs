@@ -138,9 +138,16 @@ impl CatalogCache {
     }
 }
 
+/// Version of the detail JSON kept in Redis, part of its key. Bump it whenever
+/// [`ProgramDetail`]'s serialized shape changes: nodes then miss instead of misreading entries
+/// written in the old shape, which expire by their TTL. v2: show times with ids, categories
+/// per show time.
+const DETAIL_KEY_VERSION: u32 = 2;
+
 impl Inner {
     fn redis_key(&self, id: i64) -> String {
-        self.redis.key(&format!("catalog:program:{id}"))
+        self.redis
+            .key(&format!("catalog:program:v{DETAIL_KEY_VERSION}:{id}"))
     }
 
     async fn drop_local(&self, program_id: i64) {

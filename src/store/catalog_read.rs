@@ -37,7 +37,7 @@ impl ProgramQuery {
     }
 }
 
-/// One line of the program list.
+/// One line of the program list; its figures cover every show time of the program.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProgramSummary {
     /// Program id.
@@ -56,7 +56,8 @@ pub struct ProgramSummary {
     pub min_price_cents: Option<i64>,
     /// Dearest tier.
     pub max_price_cents: Option<i64>,
-    /// Tickets available when the list was read (the detail has the live figure).
+    /// Tickets available over all show times when the list was read (the detail has the live
+    /// figure per category).
     pub remaining: i64,
 }
 
@@ -73,11 +74,22 @@ pub struct ProgramPage {
     pub per_page: u32,
 }
 
-/// A price tier as the detail shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One performance of a program. Each show time sells its own ticket categories and seats.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShowTimeInfo {
+    /// Show time id: what an order names to say which performance it is for.
+    pub id: i64,
+    /// When the performance starts.
+    pub starts_at: DateTime<Utc>,
+}
+
+/// A price tier of one show time as the detail shows it: the inventory one category actor owns.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CategoryInfo {
     /// Ticket category id.
     pub id: i64,
+    /// The show time whose seats this category sells.
+    pub show_time_id: i64,
     /// Name.
     pub name: String,
     /// Price in minor units.
@@ -95,7 +107,7 @@ pub struct CategoryInfo {
 }
 
 /// Everything the detail page shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgramDetail {
     /// Program id.
     pub id: i64,
@@ -120,9 +132,25 @@ pub struct ProgramDetail {
     /// When ordering opens.
     pub on_sale_at: DateTime<Utc>,
     /// Show times, earliest first.
-    pub show_times: Vec<DateTime<Utc>>,
-    /// Price tiers in display order.
+    pub show_times: Vec<ShowTimeInfo>,
+    /// Price tiers of every show time in display order: grouped by show time (in the order of
+    /// `show_times`), then by the tier's sort order.
     pub ticket_categories: Vec<CategoryInfo>,
+}
+
+impl ProgramDetail {
+    /// The show time `id` of this program; `None` if it belongs to no show time of it (a client
+    /// must not reach another program's inventory through this one).
+    pub fn show_time(&self, id: i64) -> Option<&ShowTimeInfo> {
+        self.show_times.iter().find(|s| s.id == id)
+    }
+
+    /// The ticket categories one show time sells, in display order.
+    pub fn categories_of(&self, show_time_id: i64) -> impl Iterator<Item = &CategoryInfo> {
+        self.ticket_categories
+            .iter()
+            .filter(move |c| c.show_time_id == show_time_id)
+    }
 }
 
 /// Tickets available per ticket category, counted in Postgres.
@@ -231,16 +259,18 @@ pub async fn program_detail(pool: &PgPool, id: i64) -> Result<Option<ProgramDeta
     };
     let shows = client
         .query(
-            "SELECT starts_at FROM show_times WHERE program_id = $1 ORDER BY starts_at",
+            "SELECT id, starts_at FROM show_times WHERE program_id = $1 ORDER BY starts_at, id",
             &[&id],
         )
         .await?;
     let tiers = client
         .query(
             &format!(
-                "SELECT tc.id, tc.name, tc.price_cents, tc.capacity::bigint, ({REMAINING})::bigint,
-                        tc.seated, tc.seat_rows, tc.seats_per_row
-                 FROM ticket_categories tc WHERE tc.program_id = $1 ORDER BY tc.sort_order, tc.id"
+                "SELECT tc.id, tc.show_time_id, tc.name, tc.price_cents, tc.capacity::bigint,
+                        ({REMAINING})::bigint, tc.seated, tc.seat_rows, tc.seats_per_row
+                 FROM ticket_categories tc JOIN show_times st ON st.id = tc.show_time_id
+                 WHERE tc.program_id = $1
+                 ORDER BY st.starts_at, st.id, tc.sort_order, tc.id"
             ),
             &[&id],
         )
@@ -257,19 +287,28 @@ pub async fn program_detail(pool: &PgPool, id: i64) -> Result<Option<ProgramDeta
         per_order_limit: p.get(7),
         per_account_limit: p.get(8),
         on_sale_at: p.get(9),
-        show_times: shows.iter().map(|r| r.get(0)).collect(),
-        ticket_categories: tiers
+        show_times: shows
             .iter()
-            .map(|r| CategoryInfo {
+            .map(|r| ShowTimeInfo {
                 id: r.get(0),
-                name: r.get(1),
-                price_cents: r.get(2),
-                capacity: r.get(3),
-                remaining: r.get(4),
-                seated: r.get(5),
-                rows: r.get(6),
-                seats_per_row: r.get(7),
+                starts_at: r.get(1),
             })
             .collect(),
+        ticket_categories: tiers.iter().map(category_info).collect(),
     }))
+}
+
+/// One row of the detail's tier query.
+fn category_info(r: &tokio_postgres::Row) -> CategoryInfo {
+    CategoryInfo {
+        id: r.get(0),
+        show_time_id: r.get(1),
+        name: r.get(2),
+        price_cents: r.get(3),
+        capacity: r.get(4),
+        remaining: r.get(5),
+        seated: r.get(6),
+        rows: r.get(7),
+        seats_per_row: r.get(8),
+    }
 }

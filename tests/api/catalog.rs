@@ -117,6 +117,9 @@ async fn program_creation_is_validated_naming_the_field() {
     let mut huge = program("A", "B", "C", 1);
     huge["ticket_categories"][0]["rows"] = json!(100_000);
     cases.push((huge, "ticket_categories"));
+    let mut twice = program("A", "B", "C", 1);
+    twice["show_times"] = json!([twice["show_times"][0], twice["show_times"][0]]);
+    cases.push((twice, "show_times"));
     let mut untitled = program("", "B", "C", 1);
     untitled["title"] = json!(" ");
     cases.push((untitled, "title"));
@@ -343,5 +346,234 @@ async fn cache_hits_send_nothing_to_postgres() {
     assert!(
         proxy.bytes_sent() > before_miss,
         "the proxy does see queries on a miss"
+    );
+}
+
+/// A running app with a program of two show times, created by an admin through the API (the
+/// later show time listed first in the request).
+struct TwoShows {
+    app: TestApp,
+    /// The create answer.
+    created: Value,
+    /// Program id.
+    id: i64,
+    /// Show time ids, earliest first.
+    shows: Vec<i64>,
+    /// Their start times, earliest first.
+    starts: [chrono::DateTime<Utc>; 2],
+}
+
+async fn two_shows(title: &str) -> TwoShows {
+    let app = spawn_app().await;
+    let (_, token) = signed_in_admin(&app).await;
+    let early = Utc::now() + Duration::days(7);
+    let starts = [early, early + Duration::days(1)];
+    let mut body = program(title, "Beijing", "Pop", 7);
+    body["show_times"] = json!([starts[1], starts[0]]);
+    let created = create(&app, &token, &body).await;
+    let id = created["id"].as_i64().unwrap();
+    let shows = show_time_ids(&created, &starts);
+    TwoShows {
+        app,
+        created,
+        id,
+        shows,
+        starts,
+    }
+}
+
+/// Whether the RFC 3339 time `v` is `at` (to the second: the JSON round trip may round).
+fn same_time(v: &Value, at: &chrono::DateTime<Utc>) -> bool {
+    serde_json::from_value::<chrono::DateTime<Utc>>(v.clone())
+        .is_ok_and(|t| (t - *at).abs() < Duration::seconds(1))
+}
+
+/// The show time ids of a detail, earliest first, after checking their start times.
+fn show_time_ids(detail: &Value, starts: &[chrono::DateTime<Utc>]) -> Vec<i64> {
+    let shows = detail["show_times"].as_array().unwrap();
+    assert!(
+        shows.len() == starts.len()
+            && shows
+                .iter()
+                .zip(starts)
+                .all(|(s, at)| same_time(&s["starts_at"], at)),
+        "show times earliest first: {shows:?}"
+    );
+    shows.iter().map(|s| s["id"].as_i64().unwrap()).collect()
+}
+
+/// (row, col) → seat id of one seat-map category.
+fn seat_grid(category: &Value) -> std::collections::BTreeMap<(i64, i64), i64> {
+    category["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let at = (s["row"].as_i64().unwrap(), s["col"].as_i64().unwrap());
+            (at, s["id"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_show_time_has_its_own_ticket_categories_and_seats() {
+    let TwoShows {
+        app,
+        created,
+        id,
+        shows,
+        starts,
+    } = two_shows("Two Nights").await;
+    let detail = get_json(&app, &format!("/api/v1/programs/{id}")).await;
+    assert_eq!(
+        show_time_ids(&detail, &starts),
+        shows,
+        "create answers the detail"
+    );
+    assert_eq!(created["ticket_categories"], detail["ticket_categories"]);
+
+    let tiers = detail["ticket_categories"].as_array().unwrap();
+    let listed: Vec<(i64, &str)> = tiers
+        .iter()
+        .map(|t| {
+            (
+                t["show_time_id"].as_i64().unwrap(),
+                t["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (shows[0], "Front"),
+            (shows[0], "Standing"),
+            (shows[1], "Front"),
+            (shows[1], "Standing")
+        ],
+        "every tier once per show time, grouped by show time"
+    );
+    let ids: std::collections::BTreeSet<i64> =
+        tiers.iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "four distinct categories");
+    assert!(tiers.iter().all(|t| t["remaining"] == t["capacity"]));
+
+    let map = get_json(&app, &format!("/api/v1/programs/{id}/seats")).await;
+    let cats = map["categories"].as_array().unwrap();
+    assert_eq!(cats.len(), 4);
+    let (first, second) = (seat_grid(&cats[0]), seat_grid(&cats[2]));
+    assert_eq!(first.len(), 12);
+    assert!(
+        first.keys().eq(second.keys()),
+        "same rows and seat numbers in both show times"
+    );
+    assert!(
+        first.values().all(|s| !second.values().any(|o| o == s)),
+        "but different seats"
+    );
+    assert_eq!(
+        (&cats[0]["show_time_id"], &cats[2]["show_time_id"]),
+        (&json!(shows[0]), &json!(shows[1]))
+    );
+
+    let list = get_json(&app, "/api/v1/programs").await;
+    let item = &list["items"][0];
+    assert_eq!(
+        item["remaining"],
+        2 * (12 + 50),
+        "the list counts every show time"
+    );
+    assert!(same_time(&item["first_show_at"], &starts[0]), "{item}");
+}
+
+#[tokio::test]
+async fn a_seat_held_for_one_show_time_stays_available_for_the_other() {
+    let TwoShows { app, id, shows, .. } = two_shows("Held Once").await;
+    // Row 1 seat 2 held for the first show time before any actor started: the actor loads it.
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE seats s SET status = 'held', order_no = 77, hold_expires_at = now() + interval '1 hour'
+             FROM ticket_categories tc
+             WHERE tc.id = s.ticket_category_id AND tc.show_time_id = $1 AND s.row_no = 1 AND s.col_no = 2",
+            &[&shows[0]],
+        )
+        .await
+        .unwrap();
+    let status_at = |map: &Value| -> Vec<String> {
+        map["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["seated"] == true)
+            .flat_map(|c| c["seats"].as_array().unwrap().clone())
+            .filter(|s| s["row"] == 1 && s["col"] == 2)
+            .map(|s| s["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (show, expected) in [(shows[0], "held"), (shows[1], "available")] {
+        let map = get_json(
+            &app,
+            &format!("/api/v1/programs/{id}/seats?show_time_id={show}"),
+        )
+        .await;
+        let cats = map["categories"].as_array().unwrap();
+        assert_eq!(cats.len(), 2, "only this show time's tiers");
+        assert!(cats.iter().all(|c| c["show_time_id"] == show));
+        assert_eq!(status_at(&map), [expected], "show time {show}");
+    }
+    let detail = get_json(&app, &format!("/api/v1/programs/{id}")).await;
+    let remaining: Vec<&Value> = detail["ticket_categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "Front")
+        .map(|c| &c["remaining"])
+        .collect();
+    assert_eq!(remaining, [&json!(11), &json!(12)]);
+}
+
+#[tokio::test]
+async fn the_seat_map_refuses_a_show_time_of_another_program() {
+    let app = spawn_app().await;
+    let (_, token) = signed_in_admin(&app).await;
+    let id = create(&app, &token, &program("Mine", "Beijing", "Pop", 5)).await["id"]
+        .as_i64()
+        .unwrap();
+    let other = create(&app, &token, &program("Theirs", "Beijing", "Pop", 6)).await;
+    let foreign = other["show_times"][0]["id"].as_i64().unwrap();
+    for show in [foreign, 999_999] {
+        let r = app
+            .get(&format!("/api/v1/programs/{id}/seats?show_time_id={show}"))
+            .await;
+        assert_eq!(r.status(), 404, "show time {show}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "NOT_FOUND");
+    }
+    let r = app
+        .get(&format!("/api/v1/programs/{id}/seats?show_time_id=soon"))
+        .await;
+    assert_eq!(r.status(), 422);
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_show_times() {
+    let app = spawn_app().await;
+    let doc = get_json(&app, "/api-docs/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    assert!(
+        schemas["ShowTimeInfo"]["properties"]["id"].is_object(),
+        "{schemas}"
+    );
+    assert!(schemas["CategoryInfo"]["properties"]["show_time_id"].is_object());
+    let params = doc["paths"]["/api/v1/programs/{id}/seats"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(
+        params
+            .iter()
+            .any(|p| p["name"] == "show_time_id" && p["in"] == "query"),
+        "{params:?}"
     );
 }

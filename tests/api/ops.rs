@@ -136,6 +136,27 @@ async fn openapi_document_lists_the_operations_endpoints() {
     }
 }
 
+#[test]
+fn openapi_operation_ids_are_unique() {
+    use utoipa::OpenApi;
+    let doc = serde_json::to_value(boxoffice::http::ApiDoc::openapi()).unwrap();
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        all,
+        "OpenAPI requires unique operationIds: {ids:?}"
+    );
+}
+
 #[tokio::test]
 async fn unknown_routes_answer_in_the_error_format() {
     let app = spawn_app().await;

@@ -247,3 +247,228 @@ async fn an_order_number_must_carry_its_users_gene() {
         &tokio_postgres::error::SqlState::CHECK_VIOLATION
     );
 }
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// A database migrated up to and including `version` only.
+async fn migrated_to(version: i32) -> (TestDb, PgPool) {
+    let db = TestDb::create().await;
+    let pool = postgres::connect(&test_settings(&db.name).database)
+        .await
+        .unwrap();
+    let mut client = pool.get().await.unwrap();
+    embedded::migrations::runner()
+        .set_target(refinery::Target::Version(version))
+        .run_async(&mut **client)
+        .await
+        .unwrap();
+    drop(client);
+    (db, pool)
+}
+
+/// The id a one-row `INSERT ... RETURNING id` answers.
+async fn insert_returning_id(
+    pool: &PgPool,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    let client = pool.get().await.unwrap();
+    client
+        .query_one(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// A program in the shape before V7 (categories per program): two show times, the earlier one
+/// inserted second; a 2×2 seated tier with seat (1, 2) held and a GA tier with 3 taken.
+/// Returns (program id, [early, late] show time ids, [seated, GA] category ids).
+async fn old_shape_program(pool: &PgPool) -> (i64, [i64; 2], [i64; 2]) {
+    let program = insert_returning_id(
+        pool,
+        "WITH a AS (INSERT INTO areas (name) VALUES ('Old Town') RETURNING id),
+              c AS (INSERT INTO program_categories (name) VALUES ('Old') RETURNING id)
+         INSERT INTO programs (slug, title, area_id, category_id, venue, per_order_limit,
+                               per_account_limit, on_sale_at)
+         SELECT 'old', 'Old', a.id, c.id, 'Hall', 2, 4, now() FROM a, c RETURNING id",
+        &[],
+    )
+    .await;
+    let show = "INSERT INTO show_times (program_id, starts_at)
+                VALUES ($1, now() + make_interval(days => $2)) RETURNING id";
+    let late = insert_returning_id(pool, show, &[&program, &9]).await;
+    let early = insert_returning_id(pool, show, &[&program, &8]).await;
+    let seated = insert_returning_id(
+        pool,
+        "INSERT INTO ticket_categories (program_id, name, price_cents, capacity, seated, seat_rows,
+                                        seats_per_row, sort_order)
+         VALUES ($1, 'Front', 500, 4, true, 2, 2, 0) RETURNING id",
+        &[&program],
+    )
+    .await;
+    let ga = insert_returning_id(
+        pool,
+        "INSERT INTO ticket_categories (program_id, name, price_cents, capacity, seated, sort_order,
+                                        ga_taken)
+         VALUES ($1, 'Floor', 200, 10, false, 1, 3) RETURNING id",
+        &[&program],
+    )
+    .await;
+    pool.get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO seats (program_id, ticket_category_id, row_no, col_no, price_cents, status,
+                                order_no, hold_expires_at)
+             SELECT $1, $2, r, c, 500,
+                    CASE WHEN (r, c) = (1, 2) THEN 'held' ELSE 'available' END,
+                    CASE WHEN (r, c) = (1, 2) THEN 77 END,
+                    CASE WHEN (r, c) = (1, 2) THEN now() + interval '1 hour' END
+             FROM generate_series(1, 2) AS r, generate_series(1, 2) AS c",
+            &[&program, &seated],
+        )
+        .await
+        .unwrap();
+    (program, [early, late], [seated, ga])
+}
+
+/// (id, show time, name, price, capacity, sort order, GA taken) of every category of
+/// `program`, earliest show time first, then by sort order.
+async fn categories_after(
+    pool: &PgPool,
+    program: i64,
+) -> Vec<(i64, i64, String, i64, i32, i32, i32)> {
+    let client = pool.get().await.unwrap();
+    client
+        .query(
+            "SELECT tc.id, tc.show_time_id, tc.name, tc.price_cents, tc.capacity, tc.sort_order,
+                    tc.ga_taken
+             FROM ticket_categories tc JOIN show_times st ON st.id = tc.show_time_id
+             WHERE tc.program_id = $1 ORDER BY st.starts_at, tc.sort_order",
+            &[&program],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
+        .collect()
+}
+
+/// (row, col, status, order_no) of every seat of one category.
+async fn seats_of(pool: &PgPool, category: i64) -> Vec<(i32, i32, String, Option<i64>)> {
+    let client = pool.get().await.unwrap();
+    client
+        .query(
+            "SELECT row_no, col_no, status, order_no FROM seats
+             WHERE ticket_category_id = $1 ORDER BY row_no, col_no",
+            &[&category],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test]
+async fn v7_keeps_existing_categories_on_the_earliest_show_time_and_copies_them_for_the_others() {
+    let (_db, pool) = migrated_to(6).await;
+    let (program, [early, late], [seated, ga]) = old_shape_program(&pool).await;
+    postgres::migrate(&pool).await.unwrap();
+
+    let cats = categories_after(&pool, program).await;
+    let shape: Vec<_> = cats
+        .iter()
+        .map(|(_, st, name, price, cap, sort, taken)| {
+            (*st, name.as_str(), *price, *cap, *sort, *taken)
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (early, "Front", 500, 4, 0, 0),
+            (early, "Floor", 200, 10, 1, 3),
+            (late, "Front", 500, 4, 0, 0),
+            (late, "Floor", 200, 10, 1, 0),
+        ],
+        "originals on the earliest show time (sold figures kept), fresh copies on the other"
+    );
+    assert_eq!(
+        (cats[0].0, cats[1].0),
+        (seated, ga),
+        "originals keep their ids"
+    );
+
+    let kept = seats_of(&pool, seated).await;
+    assert_eq!(kept.len(), 4);
+    assert!(kept.contains(&(1, 2, "held".into(), Some(77))), "{kept:?}");
+    let copied = seats_of(&pool, cats[2].0).await;
+    let fresh: Vec<_> = kept
+        .iter()
+        .map(|(r, c, _, _)| (*r, *c, "available".to_string(), None))
+        .collect();
+    assert_eq!(copied, fresh, "same grid, every seat available");
+    assert!(
+        seats_of(&pool, cats[3].0).await.is_empty(),
+        "GA has no seats"
+    );
+}
+
+#[tokio::test]
+async fn a_category_belongs_to_one_show_time_of_its_own_program() {
+    let (_db, pool) = migrated_to(6).await;
+    let (program, [early, _], _) = old_shape_program(&pool).await;
+    postgres::migrate(&pool).await.unwrap();
+    let (other, _) = create_program(
+        &pool,
+        "someone-else",
+        &[("Front", 100, Layout::General { capacity: 5 })],
+    )
+    .await;
+    let client = pool.get().await.unwrap();
+    let other_show: i64 = client
+        .query_one("SELECT id FROM show_times WHERE program_id = $1", &[&other])
+        .await
+        .unwrap()
+        .get(0);
+    let insert = "INSERT INTO ticket_categories (program_id, show_time_id, name, price_cents,
+                                                 capacity, seated)
+                  VALUES ($1, $2, $3, 100, 5, false)";
+    let err = client
+        .execute(insert, &[&program, &early, &"Front"])
+        .await
+        .expect_err("a tier name twice in one show time");
+    unique_violation_on(err, "ticket_categories_show_time_id_name_key");
+    let err = client
+        .execute(insert, &[&program, &other_show, &"Balcony"])
+        .await
+        .expect_err("another program's show time");
+    assert_eq!(
+        err.as_db_error().unwrap().constraint(),
+        Some("ticket_categories_show_time_of_program")
+    );
+    let err = client
+        .execute(insert, &[&program, &None::<i64>, &"Balcony"])
+        .await
+        .expect_err("no show time");
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
+    );
+    client
+        .execute(insert, &[&other, &other_show, &"Balcony"])
+        .await
+        .expect("a new name in its own program's show time");
+}
