@@ -22,6 +22,9 @@ use std::sync::Arc;
 pub struct OrderRequest {
     /// The program.
     pub program_id: i64,
+    /// The show time; required when the program has more than one (each sells its own
+    /// ticket categories).
+    pub show_time_id: Option<i64>,
     /// One real-name holder per ticket.
     pub ticket_buyer_ids: Vec<i64>,
     /// Chosen seats with the price the client saw.
@@ -110,8 +113,9 @@ impl Ordering {
             .await?
             .ok_or(OrderError::NoProgram)?;
         self.check_program_rules(req, &program, n)?;
+        let show_time_id = show_time_of(req, &program)?;
         self.check_buyers(user_id, req, &program).await?;
-        let plan = self.plan(req, &program).await?;
+        let plan = self.plan(req, &program, show_time_id).await?;
         let now = self.clock.now();
         let order_no = self.ids.next(user_id, now.timestamp_millis());
         let expires_at = now + self.payment_window;
@@ -238,14 +242,21 @@ impl Ordering {
         Ok(())
     }
 
-    /// Which category each seat belongs to (from the actors' snapshots, no database read).
-    async fn plan(&self, req: &OrderRequest, program: &ProgramDetail) -> Result<Plan, OrderError> {
+    /// Which category each seat belongs to (from the actors' seat index, no database read);
+    /// every category must be one the show time sells.
+    async fn plan(
+        &self,
+        req: &OrderRequest,
+        program: &ProgramDetail,
+        show_time_id: i64,
+    ) -> Result<Plan, OrderError> {
         let mut plan = Plan::new();
+        let sold_then = |c: i64| program.categories_of(show_time_id).any(|t| t.id == c);
         if let Some(category) = req.ticket_category_id {
-            if !program.ticket_categories.iter().any(|c| c.id == category) {
+            if !sold_then(category) {
                 return Err(OrderError::Invalid(
                     "ticket_category_id",
-                    "not a tier of this program".into(),
+                    "not a tier of this program's show time".into(),
                 ));
             }
             plan.insert(category, Selection::Best(req.quantity.unwrap_or(0)));
@@ -254,6 +265,12 @@ impl Ordering {
         let mut chosen: BTreeMap<i64, Vec<(SeatId, i64)>> = BTreeMap::new();
         for seat in req.seats.iter().flatten() {
             let category = self.category_of(seat.seat_id, program).await?;
+            if !sold_then(category) {
+                return Err(OrderError::Invalid(
+                    "seats",
+                    format!("seat {} is not sold for this show time", seat.seat_id),
+                ));
+            }
             chosen
                 .entry(category)
                 .or_default()
@@ -322,6 +339,20 @@ impl Ordering {
                 tracing::warn!(order_no, category, error = %e, "settle not delivered; the category reloads from Postgres");
             }
         }
+    }
+}
+
+/// The show time the order is for: the one named, or the program's only one.
+fn show_time_of(req: &OrderRequest, program: &ProgramDetail) -> Result<i64, OrderError> {
+    match (req.show_time_id, program.show_times.as_slice()) {
+        (Some(id), _) => program.show_time(id).map(|s| s.id).ok_or_else(|| {
+            OrderError::Invalid("show_time_id", "not a show time of this program".into())
+        }),
+        (None, [only]) => Ok(only.id),
+        (None, _) => Err(OrderError::Invalid(
+            "show_time_id",
+            "this program has several show times: name one".into(),
+        )),
     }
 }
 
@@ -409,6 +440,8 @@ fn build_order(
         ticket.ticket_buyer_id = *buyer;
     }
     let total_cents = units.iter().map(|t| t.price_cents).sum();
+    // Validated before anything was reserved.
+    let show_time_id = show_time_of(req, program).ok();
     let seat_of = |id: i64| {
         reserved
             .iter()
@@ -428,13 +461,14 @@ fn build_order(
         .collect();
     let body = json!({
         "order_no": order_no.to_string(), "status": "pending_payment", "expires_at": expires_at,
-        "total_cents": total_cents, "program_id": program.id, "tickets": tickets_json,
+        "total_cents": total_cents, "program_id": program.id, "show_time_id": show_time_id,
+        "tickets": tickets_json,
     });
     PlaceOrder {
         order_no,
         user_id,
         program_id: program.id,
-        show_time_id: None,
+        show_time_id,
         total_cents,
         expires_at,
         tickets: units,

@@ -197,6 +197,8 @@ pub struct OrderView {
     pub user_id: i64,
     /// Program.
     pub program_id: i64,
+    /// The show time the tickets are for.
+    pub show_time_id: Option<i64>,
     /// `pending_payment`, `paid`, `cancelled`, `expired` or `refunded`.
     pub status: String,
     /// Sum of ticket prices.
@@ -214,8 +216,8 @@ pub async fn find(pool: &PgPool, order_no: i64) -> Result<Option<OrderView>, Sto
     let client = pool.get().await?;
     let Some(o) = client
         .query_opt(
-            "SELECT user_id, program_id, status, total_cents, expires_at, created_at FROM orders
-             WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
+            "SELECT user_id, program_id, status, total_cents, expires_at, created_at, show_time_id
+             FROM orders WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
             &[&order_no],
         )
         .await?
@@ -234,6 +236,7 @@ pub async fn find(pool: &PgPool, order_no: i64) -> Result<Option<OrderView>, Sto
         order_no: order_no.to_string(),
         user_id: o.get(0),
         program_id: o.get(1),
+        show_time_id: o.get(6),
         status: o.get(2),
         total_cents: o.get(3),
         expires_at: o.get(4),
@@ -278,7 +281,8 @@ pub async fn list_for_user(
         .get()
         .await?
         .query(
-            "SELECT order_no, program_id, status, total_cents, expires_at, created_at, count(*) OVER ()
+            "SELECT order_no, program_id, status, total_cents, expires_at, created_at, count(*) OVER (),
+                    show_time_id
              FROM orders WHERE gene = ($1::bigint & 15)::smallint AND user_id = $1 AND ($2::text IS NULL OR status = $2)
              ORDER BY created_at DESC, order_no DESC LIMIT $3 OFFSET $4",
             &[&user_id, &status, &i64::from(per_page), &offset],
@@ -289,6 +293,7 @@ pub async fn list_for_user(
         .iter()
         .map(|r| {
             json!({"order_no": r.get::<_, i64>(0).to_string(), "program_id": r.get::<_, i64>(1),
+                   "show_time_id": r.get::<_, Option<i64>>(7),
                    "status": r.get::<_, String>(2), "total_cents": r.get::<_, i64>(3),
                    "expires_at": r.get::<_, DateTime<Utc>>(4), "created_at": r.get::<_, DateTime<Utc>>(5)})
         })

@@ -304,3 +304,85 @@ async fn an_order_across_categories_is_all_or_nothing() {
         "the first category's reservation was rolled back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_show_times_sell_the_same_seat_independently() {
+    let app = spawn_app().await;
+    let (_, admin) = signed_in_admin(&app).await;
+    let day = |d: i64| chrono::Utc::now() + chrono::Duration::days(d);
+    let create = json!({
+        "title": "Two nights", "area": "Beijing", "category": "Pop", "venue": "Hall",
+        "per_order_limit": 2, "per_account_limit": 4, "on_sale_at": day(-1),
+        "show_times": [day(9), day(10)],
+        "ticket_categories": [{"name": "Front", "price_cents": 1_000, "rows": 2, "seats_per_row": 3}]
+    });
+    let p: Value = app
+        .post("/api/v1/admin/programs", Some(&admin), &create)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let program = p["id"].as_i64().unwrap();
+    let nights: Vec<i64> = p["show_times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_i64().unwrap())
+        .collect();
+    // Row 1, seat 1 of each night: same place in the hall, a different seat to sell.
+    let first_seat = |night: i64| {
+        let app = &app;
+        async move {
+            let map: Value = app
+                .get(&format!(
+                    "/api/v1/programs/{program}/seats?show_time_id={night}"
+                ))
+                .await
+                .json()
+                .await
+                .unwrap();
+            map["categories"][0]["seats"][0]["id"].as_i64().unwrap()
+        }
+    };
+    let (a, b) = (first_seat(nights[0]).await, first_seat(nights[1]).await);
+    assert_ne!(a, b);
+    let crowd = buyers(&app, 2, 1).await;
+    let body = |night: i64, seat: i64, buyer: usize| {
+        json!({"program_id": program, "show_time_id": night, "ticket_buyer_ids": crowd[buyer].buyers,
+               "seats": [{"seat_id": seat, "price_cents": 1_000}]})
+    };
+    let without = json!({"program_id": program, "ticket_buyer_ids": crowd[0].buyers,
+                         "seats": [{"seat_id": a, "price_cents": 1_000}]});
+    let r = order(&app, &crowd[0].token, "no-night", &without).await;
+    assert_eq!(
+        code(r).await,
+        (422, "VALIDATION".into()),
+        "two nights: name one"
+    );
+    let wrong = order(&app, &crowd[0].token, "wrong", &body(nights[1], a, 0)).await;
+    assert_eq!(
+        code(wrong).await,
+        (422, "VALIDATION".into()),
+        "a seat of the other night"
+    );
+    let first = order(&app, &crowd[0].token, "n1", &body(nights[0], a, 0)).await;
+    assert_eq!(first.status(), 201);
+    let second = order(&app, &crowd[1].token, "n2", &body(nights[1], b, 1)).await;
+    assert_eq!(
+        second.status(),
+        201,
+        "the same seat of the other night is still for sale"
+    );
+    for (r, night) in [(first, nights[0]), (second, nights[1])] {
+        let placed: Value = r.json().await.unwrap();
+        assert_eq!(placed["show_time_id"], night);
+        let no = placed["order_no"].as_str().unwrap();
+        let stored: Option<i64> = order_fact(
+            &app,
+            "SELECT show_time_id FROM orders WHERE order_no = $1",
+            no,
+        )
+        .await;
+        assert_eq!(stored, Some(night), "the order says which night it is for");
+    }
+}
