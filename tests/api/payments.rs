@@ -180,13 +180,7 @@ async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
     let app = spawn_app().await;
     let (program, _, floor) = on_sale(&app, 4, 4).await;
     let b = buyers(&app, 1, 3).await.remove(0);
-    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers, "ticket_category_id": floor, "quantity": 3});
-    let placed: Value = order(&app, &b.token, "ga", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let no = placed["order_no"].as_str().unwrap().to_string();
+    let no = ga_order(&app, &b, program, floor, 3).await;
     let (_, pay_url) = start_payment(&app, &b.token, &no).await;
     complete(&app, &pay_url).await;
     assert_eq!(status_once(&app, &b.token, &no, "paid").await, "paid");
@@ -194,26 +188,44 @@ async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
     assert_eq!(order_fact::<i64>(&app, sold, &no).await, 1);
     let r = act(&app, &b.token, &no, "refund").await;
     assert_eq!(r.status(), 200);
-    let taken = "SELECT ga_taken::bigint FROM ticket_categories WHERE id = (SELECT ticket_category_id FROM tickets WHERE order_no = $1 LIMIT 1)";
     assert_eq!(
-        order_fact::<i64>(&app, taken, &no).await,
+        order_fact::<i64>(&app, GA_TAKEN, &no).await,
         0,
         "the refunded tickets are back in the pool"
     );
-    let remaining = poll_until(
-        Duration::from_secs(5),
-        async || {
-            let map = seat_map(&app, program).await;
-            map["categories"][1]["remaining"].as_i64()
-        },
-        |r| *r == Some(30),
-    )
-    .await;
     assert_eq!(
-        remaining,
+        remaining_once(&app, program, 30).await,
         Some(30),
         "the seat map counts them available again"
     );
+}
+
+/// A placed general-admission order of `quantity` tickets in `category`: its number.
+async fn ga_order(app: &TestApp, b: &Buyer, program: i64, category: i64, quantity: u32) -> String {
+    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers, "ticket_category_id": category, "quantity": quantity});
+    let placed: Value = order(app, &b.token, "ga", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    placed["order_no"].as_str().unwrap().to_string()
+}
+
+/// `ga_taken` of the general-admission category the order's tickets are in.
+const GA_TAKEN: &str = "SELECT ga_taken::bigint FROM ticket_categories WHERE id = (SELECT ticket_category_id FROM tickets WHERE order_no = $1 LIMIT 1)";
+
+/// The seat map's `remaining` of the program's general-admission category (the second), once it
+/// reads `wanted` (or after 5 s).
+async fn remaining_once(app: &TestApp, program: i64, wanted: i64) -> Option<i64> {
+    poll_until(
+        Duration::from_secs(5),
+        async || {
+            let map = seat_map(app, program).await;
+            map["categories"][1]["remaining"].as_i64()
+        },
+        |r| *r == Some(wanted),
+    )
+    .await
 }
 
 #[tokio::test]
