@@ -5,11 +5,13 @@
 //! over HTTP. [`Payments`] is our side of it: open a bill and a trade, apply a signed
 //! notice (from the callback or from an active trade query) exactly once, refund.
 //!
-//! The order row decides: a notice pays the order only if it is still `pending_payment`, in the
-//! same transaction that sells its seats (`store::payments`). A payment that finds the order
-//! expired, cancelled or already paid is refunded and recorded instead. Actors learn afterwards
-//! through `actors::Applied`; if that message is lost, the next conditional write of the order
-//! finds the rows moved and the actor reloads from Postgres.
+//! The order row decides: a notice pays the order only if it is still `pending_payment` and
+//! within its window, in the same transaction that sells its seats (`store::payments`). A payment
+//! that finds the order expired, cancelled or already paid is refunded and recorded instead; one
+//! that finds it pending past `expires_at` (its expiry has not run yet) expires it right there and
+//! is refunded the same way. Actors learn afterwards through `actors::Applied`; if that message is
+//! lost, the next conditional write of the order finds the rows moved and the actor reloads from
+//! Postgres.
 
 pub mod mockpay;
 
@@ -255,6 +257,20 @@ impl Payments {
             PaymentOutcome::AlreadyApplied => Ok(()),
             PaymentOutcome::Refund(due) => {
                 tracing::warn!(%payment_id, reason = %due.reason, "payment for an order that cannot take it; refunding");
+                self.send_refund(&due).await;
+                Ok(())
+            }
+            PaymentOutcome::Expired {
+                order_no,
+                categories,
+                due,
+            } => {
+                tracing::warn!(%payment_id, order_no, "payment after the order's window; expired it and refunding");
+                // The actors still hold these tickets under a timer that has not fired: they
+                // release them in memory now, and their timers find nothing left to expire. An
+                // actor whose own release was already in flight finds the rows moved and reloads.
+                self.tell_actors(ChangeKind::Release, order_no, &categories)
+                    .await;
                 self.send_refund(&due).await;
                 Ok(())
             }

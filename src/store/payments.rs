@@ -6,11 +6,19 @@
 //! shape in reverse. Both lock the order row before any seat row, the order an actor's release
 //! takes too (`inventory::apply_change_in`), so a payment racing an expiry never deadlocks: one
 //! of them finds the order no longer pending and backs off.
+//!
+//! The order row's status is not the whole answer: an order still `pending_payment` after its
+//! `expires_at` (by the database clock) only waits for its actor's timer, which may not have run
+//! (actor not started, busy, or the notice raced it). A payment then expires the order itself,
+//! with the release's own statements, and refunds: the buyer never gets more than the window.
 
-use super::orders::{categories_of, emit_in};
+use super::inventory::apply_change_in;
+use super::orders::{categories_of, close_released_in, emit_in};
 use super::{PgPool, StoreError};
+use crate::domain::inventory::{Change, ChangeKind, SeatInfo};
 use deadpool_postgres::Transaction;
 use serde_json::json;
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// A payment attempt still waiting for the provider.
@@ -51,6 +59,17 @@ pub enum PaymentOutcome {
     AlreadyApplied,
     /// The order could not take the money (closed meanwhile, or paid by another bill).
     Refund(RefundDue),
+    /// The order was still pending but its payment window had passed: this transaction expired
+    /// it (tickets released, `OrderExpired` written) and recorded the refund. Tell the categories
+    /// about the release, then pay `due` back.
+    Expired {
+        /// The order.
+        order_no: i64,
+        /// Categories whose tickets were released.
+        categories: Vec<i64>,
+        /// The payment to give back (`order_expired`).
+        due: RefundDue,
+    },
     /// The amount differs from the bill's: nothing changed.
     AmountMismatch {
         /// What the bill asked for.
@@ -181,60 +200,205 @@ pub async fn apply_payment(
         &[&payment_id, &trade_no],
     )
     .await?;
-    let outcome = match mark_order_paid(&tx, order_no).await? {
-        Some(program_id) => {
-            sell_tickets(&tx, order_no).await?;
-            let payload = json!({"order_no": order_no.to_string(), "payment_id": payment_id, "amount_cents": amount_cents});
-            emit_in(&tx, "OrderPaid", order_no, program_id, &payload).await?;
-            PaymentOutcome::Paid {
-                order_no,
-                categories: categories_of(&tx, order_no).await?,
-            }
-        }
-        None => {
-            let reason = closed_reason(&tx, order_no).await?;
-            let due = RefundDue {
-                refund_id: Uuid::new_v4(),
-                payment_id,
-                channel,
-                amount_cents,
-                reason,
-            };
-            record_refund(&tx, order_no, &due).await?;
-            PaymentOutcome::Refund(due)
-        }
+    let paid = PaidBill {
+        payment_id,
+        channel,
+        amount_cents,
     };
+    let outcome = settle_order(&tx, order_no, &paid).await?;
     tx.commit().await?;
     Ok(outcome)
 }
 
-/// `pending_payment → paid`; the program id if it happened.
-async fn mark_order_paid(tx: &Transaction<'_>, order_no: i64) -> Result<Option<i64>, StoreError> {
-    let row = tx
-        .query_opt(
-            "UPDATE orders SET status = 'paid', paid_at = now()
-             WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 AND status = 'pending_payment'
-             RETURNING program_id",
-            &[&order_no],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
+/// The bill a notice just paid: what a refund of it needs.
+struct PaidBill {
+    payment_id: Uuid,
+    channel: String,
+    amount_cents: i64,
 }
 
-/// Why an order that is not pending cannot take a payment.
-async fn closed_reason(tx: &Transaction<'_>, order_no: i64) -> Result<String, StoreError> {
-    let status: Option<String> = tx
+impl PaidBill {
+    /// Records (`requested`) that this payment goes back, for `reason`.
+    async fn refund_in(
+        &self,
+        tx: &Transaction<'_>,
+        order_no: i64,
+        reason: &str,
+    ) -> Result<RefundDue, StoreError> {
+        let due = RefundDue {
+            refund_id: Uuid::new_v4(),
+            payment_id: self.payment_id,
+            channel: self.channel.clone(),
+            amount_cents: self.amount_cents,
+            reason: reason.to_string(),
+        };
+        record_refund(tx, order_no, &due).await?;
+        Ok(due)
+    }
+}
+
+/// What the money does to the order, decided under the order's row lock: pays it, or — if it
+/// cannot take it — goes back, expiring the order first when only its timer was late.
+async fn settle_order(
+    tx: &Transaction<'_>,
+    order_no: i64,
+    paid: &PaidBill,
+) -> Result<PaymentOutcome, StoreError> {
+    Ok(match standing(tx, order_no).await? {
+        Standing::Payable { program_id } => pay_order(tx, order_no, program_id, paid).await?,
+        Standing::Overdue { program_id } => PaymentOutcome::Expired {
+            order_no,
+            categories: expire_overdue(tx, order_no, program_id).await?,
+            due: paid.refund_in(tx, order_no, "order_expired").await?,
+        },
+        Standing::Closed(reason) => {
+            PaymentOutcome::Refund(paid.refund_in(tx, order_no, &reason).await?)
+        }
+    })
+}
+
+/// Where an order stands when a payment for it arrives.
+enum Standing {
+    /// Pending and within its window: the payment takes it.
+    Payable {
+        /// Its program.
+        program_id: i64,
+    },
+    /// Pending, but its window has passed and its expiry has not run yet.
+    Overdue {
+        /// Its program.
+        program_id: i64,
+    },
+    /// It cannot take money; the refund's reason.
+    Closed(String),
+}
+
+/// Locks the order row (before any seat row, as a release does) and reads where it stands.
+/// "Overdue" uses the database clock, `now()`, as `close_released_in` does when it picks
+/// `expired` over `cancelled`, so the two never disagree about the same order.
+async fn standing(tx: &Transaction<'_>, order_no: i64) -> Result<Standing, StoreError> {
+    let Some(row) = tx
         .query_opt(
-            "SELECT status FROM orders WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
+            "SELECT status, program_id, expires_at <= now() FROM orders
+             WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 FOR UPDATE",
             &[&order_no],
         )
         .await?
-        .map(|r| r.get(0));
-    Ok(match status.as_deref() {
-        Some("paid") => "duplicate_payment".into(),
-        Some(other) => format!("order_{other}"),
-        None => "unknown_order".into(),
+    else {
+        return Ok(Standing::Closed("unknown_order".into()));
+    };
+    let (status, program_id, overdue): (&str, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    Ok(match status {
+        "pending_payment" if overdue => Standing::Overdue { program_id },
+        "pending_payment" => Standing::Payable { program_id },
+        "paid" => Standing::Closed("duplicate_payment".into()),
+        other => Standing::Closed(format!("order_{other}")),
     })
+}
+
+/// `pending_payment → paid` for an order whose row the caller has locked: every ticket sold and
+/// `OrderPaid` written.
+async fn pay_order(
+    tx: &Transaction<'_>,
+    order_no: i64,
+    program_id: i64,
+    paid: &PaidBill,
+) -> Result<PaymentOutcome, StoreError> {
+    tx.execute(
+        "UPDATE orders SET status = 'paid', paid_at = now()
+         WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
+        &[&order_no],
+    )
+    .await?;
+    sell_tickets(tx, order_no).await?;
+    let payload = json!({"order_no": order_no.to_string(), "payment_id": paid.payment_id, "amount_cents": paid.amount_cents});
+    emit_in(tx, "OrderPaid", order_no, program_id, &payload).await?;
+    Ok(PaymentOutcome::Paid {
+        order_no,
+        categories: categories_of(tx, order_no).await?,
+    })
+}
+
+/// Does what the order's actors would have done at its deadline, with their statements: the
+/// order closes as `expired` with one `OrderExpired` (`close_released_in`), then each category's
+/// hold is released as the actor's own release change would (`apply_change_in`: seats back to
+/// available, GA hold removed and `ga_taken` lowered). Answers the categories released; every
+/// ticket must be released, or the transaction fails.
+async fn expire_overdue(
+    tx: &Transaction<'_>,
+    order_no: i64,
+    program_id: i64,
+) -> Result<Vec<i64>, StoreError> {
+    close_released_in(tx, order_no).await?;
+    let releases = held_releases(tx, order_no, program_id).await?;
+    for release in &releases {
+        apply_change_in(tx, release).await?;
+    }
+    let released = releases.iter().map(|r| i64::from(r.quantity)).sum();
+    expect_all_tickets(
+        order_no,
+        "released",
+        released,
+        ticket_count(tx, order_no).await?,
+    )?;
+    Ok(releases.iter().map(|r| r.category_id).collect())
+}
+
+/// One release per category the order holds tickets in (seats or a GA hold), in ascending
+/// category id; one round trip.
+async fn held_releases(
+    tx: &Transaction<'_>,
+    order_no: i64,
+    program_id: i64,
+) -> Result<Vec<Change>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT ticket_category_id, id, row_no, col_no, price_cents, 1 FROM seats
+             WHERE order_no = $1 AND status = 'held'
+             UNION ALL
+             SELECT ticket_category_id, NULL, NULL, NULL, NULL, quantity FROM ga_holds
+             WHERE order_no = $1 AND status = 'held'
+             ORDER BY 1, 3, 4",
+            &[&order_no],
+        )
+        .await?;
+    let mut by_category: BTreeMap<i64, (Vec<SeatInfo>, u32)> = BTreeMap::new();
+    for r in &rows {
+        let (seats, quantity) = by_category.entry(r.get(0)).or_default();
+        *quantity += r.get::<_, i32>(5) as u32;
+        if let Some(id) = r.get::<_, Option<i64>>(1) {
+            let (row, col, price_cents) = (r.get(2), r.get(3), r.get(4));
+            seats.push(SeatInfo {
+                id,
+                row,
+                col,
+                price_cents,
+            });
+        }
+    }
+    Ok(by_category
+        .into_iter()
+        .map(|(category, (seats, quantity))| Change {
+            kind: ChangeKind::Release,
+            program_id,
+            category_id: category,
+            order_no,
+            seats,
+            quantity,
+            expires_at: None,
+        })
+        .collect())
+}
+
+/// Tickets of the order: what a release or sale of all of it must move.
+async fn ticket_count(tx: &Transaction<'_>, order_no: i64) -> Result<i64, StoreError> {
+    let row = tx
+        .query_one(
+            "SELECT count(*) FROM tickets WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
+            &[&order_no],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Held seats and GA holds of the order become sold; every ticket must be covered, or the

@@ -180,13 +180,7 @@ async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
     let app = spawn_app().await;
     let (program, _, floor) = on_sale(&app, 4, 4).await;
     let b = buyers(&app, 1, 3).await.remove(0);
-    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers, "ticket_category_id": floor, "quantity": 3});
-    let placed: Value = order(&app, &b.token, "ga", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let no = placed["order_no"].as_str().unwrap().to_string();
+    let no = ga_order(&app, &b, program, floor, 3).await;
     let (_, pay_url) = start_payment(&app, &b.token, &no).await;
     complete(&app, &pay_url).await;
     assert_eq!(status_once(&app, &b.token, &no, "paid").await, "paid");
@@ -194,26 +188,44 @@ async fn a_general_admission_order_is_paid_and_refunded_with_its_counter() {
     assert_eq!(order_fact::<i64>(&app, sold, &no).await, 1);
     let r = act(&app, &b.token, &no, "refund").await;
     assert_eq!(r.status(), 200);
-    let taken = "SELECT ga_taken::bigint FROM ticket_categories WHERE id = (SELECT ticket_category_id FROM tickets WHERE order_no = $1 LIMIT 1)";
     assert_eq!(
-        order_fact::<i64>(&app, taken, &no).await,
+        order_fact::<i64>(&app, GA_TAKEN, &no).await,
         0,
         "the refunded tickets are back in the pool"
     );
-    let remaining = poll_until(
-        Duration::from_secs(5),
-        async || {
-            let map = seat_map(&app, program).await;
-            map["categories"][1]["remaining"].as_i64()
-        },
-        |r| *r == Some(30),
-    )
-    .await;
     assert_eq!(
-        remaining,
+        remaining_once(&app, program, 30).await,
         Some(30),
         "the seat map counts them available again"
     );
+}
+
+/// A placed general-admission order of `quantity` tickets in `category`: its number.
+async fn ga_order(app: &TestApp, b: &Buyer, program: i64, category: i64, quantity: u32) -> String {
+    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers, "ticket_category_id": category, "quantity": quantity});
+    let placed: Value = order(app, &b.token, "ga", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    placed["order_no"].as_str().unwrap().to_string()
+}
+
+/// `ga_taken` of the general-admission category the order's tickets are in.
+const GA_TAKEN: &str = "SELECT ga_taken::bigint FROM ticket_categories WHERE id = (SELECT ticket_category_id FROM tickets WHERE order_no = $1 LIMIT 1)";
+
+/// The seat map's `remaining` of the program's general-admission category (the second), once it
+/// reads `wanted` (or after 5 s).
+async fn remaining_once(app: &TestApp, program: i64, wanted: i64) -> Option<i64> {
+    poll_until(
+        Duration::from_secs(5),
+        async || {
+            let map = seat_map(app, program).await;
+            map["categories"][1]["remaining"].as_i64()
+        },
+        |r| *r == Some(wanted),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -395,6 +407,114 @@ async fn a_payment_after_expiry_is_refunded_and_recorded() {
         ("available", "available")
     );
     assert_eq!(order_fact::<i64>(&app, PAID_EVENTS, &no).await, 0);
+}
+
+/// Ends the order's payment window in Postgres only, a minute ago: the category actor's timer
+/// stays armed for the original deadline, as when the actor has not started, is busy, or its
+/// timer simply has not fired yet when the payment notice comes.
+async fn make_overdue(app: &TestApp, no: &str) {
+    let no: i64 = no.parse().unwrap();
+    let pg = app.pg.get().await.unwrap();
+    for sql in [
+        "UPDATE orders SET expires_at = now() - interval '1 minute'
+         WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1",
+        "UPDATE seats SET hold_expires_at = now() - interval '1 minute' WHERE order_no = $1",
+        "UPDATE ga_holds SET hold_expires_at = now() - interval '1 minute' WHERE order_no = $1",
+    ] {
+        pg.execute(sql, &[&no]).await.unwrap();
+    }
+}
+
+const EXPIRED_EVENTS: &str =
+    "SELECT count(*) FROM outbox WHERE order_no = $1 AND event_type = 'OrderExpired'";
+
+/// What a payment for an overdue order must leave: the order expired (one `OrderExpired`, no
+/// `OrderPaid`) and the money recorded as an `order_expired` refund and returned by the provider.
+async fn assert_expired_and_refunded(app: &TestApp, token: &str, no: &str, payment_id: &str) {
+    let refunded = poll_until(
+        Duration::from_secs(10),
+        async || order_fact::<i64>(app, REFUNDS_DONE, no).await,
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(refunded, 1, "the overdue payment was refunded");
+    let reason: String =
+        order_fact(app, "SELECT reason FROM refunds WHERE order_no = $1", no).await;
+    assert_eq!(reason, "order_expired");
+    assert_eq!(trade(app, payment_id).await["trade_status"], "REFUNDED");
+    assert_eq!(status(app, token, no).await, "expired");
+    assert_eq!(order_fact::<i64>(app, EXPIRED_EVENTS, no).await, 1);
+    assert_eq!(order_fact::<i64>(app, PAID_EVENTS, no).await, 0);
+}
+
+/// The checkout's two seats are free again in Postgres and, without waiting for the actor's
+/// timer, on the live seat map.
+async fn assert_both_seats_free(app: &TestApp, c: &Checkout) {
+    let freed = "SELECT count(*) FROM seats s JOIN tickets t ON t.seat_id = s.id
+         WHERE t.order_no = $1 AND s.status = 'available' AND s.order_no IS NULL";
+    assert_eq!(order_fact::<i64>(app, freed, &c.no).await, 2);
+    let map = seats_once(app, c.program, |s| {
+        s[0].1 == "available" && s[1].1 == "available"
+    })
+    .await;
+    assert_eq!(
+        (map[0].1.as_str(), map[1].1.as_str()),
+        ("available", "available"),
+        "the seat map agrees"
+    );
+}
+
+/// A long payment window, so the actor's own expiry is an hour away in every test below.
+const HOUR_WINDOW: u64 = 3_600;
+
+#[tokio::test]
+async fn a_callback_for_an_overdue_order_expires_it_and_refunds_even_before_its_timer() {
+    let app = spawn_app_with(|s| s.orders.payment_window_secs = HOUR_WINDOW).await;
+    let c = checkout(&app).await;
+    make_overdue(&app, &c.no).await;
+
+    complete(&app, &c.pay_url).await;
+    assert_expired_and_refunded(&app, &c.buyer.token, &c.no, &c.payment_id).await;
+    assert_both_seats_free(&app, &c).await;
+}
+
+#[tokio::test]
+async fn pay_check_for_an_overdue_order_expires_it_and_refunds_even_before_its_timer() {
+    let app = spawn_app_with(|s| {
+        s.orders.payment_window_secs = HOUR_WINDOW;
+        s.payments.mockpay.drop_callbacks = true;
+    })
+    .await;
+    let c = checkout(&app).await;
+    make_overdue(&app, &c.no).await;
+    complete(&app, &c.pay_url).await;
+
+    let r = act(&app, &c.buyer.token, &c.no, "pay-check").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "expired");
+    assert_expired_and_refunded(&app, &c.buyer.token, &c.no, &c.payment_id).await;
+    assert_both_seats_free(&app, &c).await;
+}
+
+#[tokio::test]
+async fn a_payment_for_an_overdue_general_admission_order_returns_its_counter() {
+    let app = spawn_app_with(|s| s.orders.payment_window_secs = HOUR_WINDOW).await;
+    let (program, _, floor) = on_sale(&app, 4, 4).await;
+    let b = buyers(&app, 1, 3).await.remove(0);
+    let no = ga_order(&app, &b, program, floor, 3).await;
+    let (payment_id, pay_url) = start_payment(&app, &b.token, &no).await;
+    make_overdue(&app, &no).await;
+
+    complete(&app, &pay_url).await;
+    assert_expired_and_refunded(&app, &b.token, &no, &payment_id).await;
+    assert_eq!(order_fact::<i64>(&app, GA_TAKEN, &no).await, 0);
+    let holds = "SELECT count(*) FROM ga_holds WHERE order_no = $1";
+    assert_eq!(order_fact::<i64>(&app, holds, &no).await, 0);
+    assert_eq!(
+        remaining_once(&app, program, 30).await,
+        Some(30),
+        "the seat map counts them available again"
+    );
 }
 
 #[tokio::test]
