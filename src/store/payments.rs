@@ -454,7 +454,7 @@ async fn record_refund(
     Ok(())
 }
 
-/// Refunds a paid order before its first show: `paid → refunded`, seats and GA tickets back in
+/// Refunds a paid order before its show time starts: `paid → refunded`, seats and GA tickets back in
 /// the pool, a refund record for the paid bill, an outbox event. Idempotent.
 pub async fn refund_order(
     pool: &PgPool,
@@ -466,7 +466,9 @@ pub async fn refund_order(
     let Some(order) = tx
         .query_opt(
             "SELECT o.status, o.program_id,
-                    coalesce((SELECT min(starts_at) FROM show_times st WHERE st.program_id = o.program_id) <= now(), false)
+                    coalesce((SELECT min(starts_at) FROM show_times st
+                              WHERE st.program_id = o.program_id
+                                AND (o.show_time_id IS NULL OR st.id = o.show_time_id)) <= now(), false)
              FROM orders o WHERE o.gene = ($1::bigint & 15)::smallint AND o.order_no = $1 FOR UPDATE OF o",
             &[&order_no],
         )

@@ -756,3 +756,60 @@ async fn a_refund_the_provider_never_confirmed_is_sent_again_in_the_background()
         "SELECT count(*) FROM payment_bills WHERE order_no = $1 AND status = 'refunded'";
     assert_eq!(order_fact::<i64>(&app, refunded_bills, &no).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_waits_for_the_orders_own_show_time_not_the_programs_first() {
+    let app = spawn_app().await;
+    let (_, admin) = crate::helpers::signed_in_admin(&app).await;
+    let day = |d: i64| chrono::Utc::now() + chrono::Duration::days(d);
+    let create = json!({
+        "title": "Two nights", "area": "Beijing", "category": "Pop", "venue": "Hall",
+        "per_order_limit": 2, "per_account_limit": 4, "on_sale_at": day(-1),
+        "show_times": [day(9), day(10)],
+        "ticket_categories": [{"name": "Standing", "price_cents": 1_000, "capacity": 10}]
+    });
+    let p: Value = app
+        .post("/api/v1/admin/programs", Some(&admin), &create)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (program, second) = (
+        p["id"].as_i64().unwrap(),
+        p["show_times"][1]["id"].as_i64().unwrap(),
+    );
+    let tier = p["ticket_categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["show_time_id"] == second)
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let b = buyers(&app, 1, 1).await.remove(0);
+    let body = json!({"program_id": program, "show_time_id": second, "ticket_buyer_ids": b.buyers,
+                      "ticket_category_id": tier, "quantity": 1});
+    let placed: Value = order(&app, &b.token, "second-night", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let no = placed["order_no"].as_str().unwrap().to_string();
+    let (_, pay_url) = start_payment(&app, &b.token, &no).await;
+    complete(&app, &pay_url).await;
+    status_once(&app, &b.token, &no, "paid").await;
+    // The first night has begun; this order is for the second.
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE show_times SET starts_at = now() - interval '1 hour' WHERE id = $1",
+            &[&p["show_times"][0]["id"].as_i64().unwrap()],
+        )
+        .await
+        .unwrap();
+    let r = act(&app, &b.token, &no, "refund").await;
+    assert_eq!(r.status(), 200, "the order's own show has not started");
+    assert_eq!(status(&app, &b.token, &no).await, "refunded");
+}
