@@ -48,6 +48,8 @@ pub struct Settings {
     pub orders: OrderSettings,
     /// Payment providers.
     pub payments: PaymentSettings,
+    /// Outbox relay and event consumers.
+    pub events: EventSettings,
 }
 
 /// Payment providers. The built-in `mockpay` stands in for a real third party: this process
@@ -82,6 +84,31 @@ pub struct MockpaySettings {
     pub duplicate_callbacks: bool,
     /// How long the provider remembers a trade.
     pub trade_ttl_secs: u64,
+}
+
+/// The outbox relay (Postgres → Pulsar) and the order-event consumers.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Run the relay here (it still publishes only while it holds the database-wide lease).
+    pub relay: bool,
+    /// Run this process's consumers.
+    pub consumers: bool,
+    /// Most outbox rows published per round, all in flight together.
+    pub relay_batch: i64,
+    /// Safety net: look for unsent rows this often even without a notification.
+    pub relay_poll_ms: u64,
+    /// Longest wait between attempts while the broker is away (doubling from 100 ms).
+    pub relay_backoff_max_ms: u64,
+    /// How often a process without the lease tries to take it over.
+    pub lease_retry_ms: u64,
+    /// Attempts of a consumer on one event before it is dead-lettered.
+    pub max_attempts: i32,
+    /// First wait before a failed event is redelivered (doubling per attempt).
+    pub retry_backoff_ms: u64,
+    /// An event the bookkeeping consumer has not seen this long after its commit is marked
+    /// `problem` in the MQ message records.
+    pub consume_deadline_secs: u64,
 }
 
 /// Ordering rules.

@@ -14,6 +14,7 @@
 //! - [`config`] — typed settings: embedded defaults ← `config.toml` ← `BOXOFFICE__*` env.
 //! - [`domain`] — pure rules and types, no I/O.
 //! - [`actors`] — the single writers of seat state.
+//! - [`events`] — outbox relay to Pulsar, event consumers with inboxes, the per-user hub.
 //! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar.
 //! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
 //! - [`payments`] — the provider trait, our payment side, and the built-in `mockpay` provider.
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod ordering;
 pub mod payments;
@@ -58,13 +60,85 @@ pub async fn serve(
     tokio::spawn(purge_idempotency_keys(state.clone()));
     let subscriber = store::RedisStore::subscriber(&state.settings.redis).await?;
     state.catalog.listen(subscriber).await?;
+    let (stop_events, events_stop) = tokio::sync::watch::channel(false);
+    start_events(&state, events_stop)?;
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
     let pg = state.stores.pg.clone();
     http::serve(listener, state, shutdown).await?;
+    let _ = stop_events.send(true);
     // Background tasks may still hold the pool; closing it ends their sessions cleanly.
     pg.close();
     tracing::info!("boxoffice stopped");
     Ok(())
+}
+
+/// Starts the outbox relay and this process's event consumers (as configured); they stop when
+/// `stop` turns true.
+fn start_events(
+    state: &http::AppState,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use events::bookkeeping::{BOOKKEEPING, Bookkeeping, Notifications};
+    use events::consumer::EventConsumer;
+    use pulsar::SubType;
+    use pulsar::consumer::InitialPosition;
+    let settings = &state.settings;
+    if settings.events.relay {
+        let mut pg_config = store::postgres::pg_config(&settings.database)?;
+        pg_config.application_name("boxoffice-relay");
+        let relay = events::relay::Relay {
+            settings: settings.events,
+            pg_config,
+            pulsar: state.stores.pulsar.clone(),
+        };
+        tokio::spawn(relay.run(stop.clone()));
+    }
+    if !settings.events.consumers {
+        return Ok(());
+    }
+    let consumer = |name: String, sub_type, start, apply| EventConsumer {
+        name,
+        sub_type,
+        start,
+        apply,
+        pool: state.stores.pg.clone(),
+        pulsar: state.stores.pulsar.clone(),
+        settings: settings.events,
+        stats: Default::default(),
+    };
+    let bookkeeping = consumer(
+        BOOKKEEPING.into(),
+        SubType::Failover,
+        InitialPosition::Earliest,
+        std::sync::Arc::new(Bookkeeping),
+    );
+    // Every process serves its own buyers' channels, so each has a subscription of its own.
+    let notifications = consumer(
+        format!("notifications-{}", settings.orders.worker_id),
+        SubType::Exclusive,
+        InitialPosition::Latest,
+        std::sync::Arc::new(Notifications(state.hub.clone())),
+    );
+    tokio::spawn(bookkeeping.run(stop.clone()));
+    tokio::spawn(notifications.run(stop.clone()));
+    tokio::spawn(mark_unconsumed(state.clone(), stop));
+    Ok(())
+}
+
+/// Every few seconds, events the bookkeeping consumer has not seen within
+/// `events.consume_deadline_secs` become `problem` in the MQ message records.
+async fn mark_unconsumed(state: http::AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let deadline = state.settings.events.consume_deadline_secs as f64;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = events::bookkeeping::mark_unconsumed(&state.stores.pg, deadline).await {
+            tracing::warn!(error = %e, "unconsumed-event check failed; next round tries again");
+        }
+    }
 }
 
 /// Loads every registered handle into the shared Bloom filter. Runs beside serving: until it is

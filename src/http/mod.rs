@@ -8,6 +8,7 @@ pub mod error;
 pub mod extractor;
 pub mod limits;
 pub mod mockpay;
+pub mod mq;
 pub mod ops;
 pub mod orders;
 pub mod payments;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub payments: Payments,
     /// The built-in mock payment provider (a stand-in third party served under `/mockpay`).
     pub mockpay: mockpay::Mockpay,
+    /// Each buyer's order events, for their open channels on this process.
+    pub hub: crate::events::hub::Hub,
 }
 
 impl AppState {
@@ -124,6 +127,7 @@ impl AppState {
             settings: Arc::new(settings),
             stores,
             metrics,
+            hub: crate::events::hub::Hub::default(),
         })
     }
 }
@@ -177,6 +181,9 @@ fn payment_parts(
         catalog::seats,
         admin::create,
         admin::edit,
+        mq::list,
+        mq::handled,
+        mq::republish,
         orders::place,
         orders::one,
         orders::list,
@@ -220,6 +227,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ticket_buyers::router(&state))
         .merge(catalog::router(&state))
         .merge(admin::router(&state))
+        .merge(mq::router(&state))
         .merge(orders::router(&state))
         .merge(payments::router(&state))
         .merge(mockpay::router(&state))

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod inventory;
 pub mod mockpay_trades;
 pub mod orders;
+pub mod outbox;
 pub mod payments;
 pub mod postgres;
 pub mod pulsar;

@@ -192,6 +192,17 @@ impl TestApp {
         (id, self.login(&email, "correct horse battery").await)
     }
 
+    /// Stops this server as a crash would, keeping its database (a sibling may still use it):
+    /// the server task and every background task it started end.
+    pub fn kill(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+
     /// Another server on the same database, Redis prefix and topics: a second node.
     pub async fn spawn_sibling(&self) -> TestApp {
         start(self.settings.clone(), None).await
@@ -301,6 +312,7 @@ pub fn pg_addr() -> SocketAddr {
 pub struct TcpCut {
     /// Address clients should use instead of the real service.
     pub addr: SocketAddr,
+    target: SocketAddr,
     task: JoinHandle<()>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -316,8 +328,23 @@ impl TcpCut {
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let trap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (tracked, counter, armed) = (conns.clone(), sent.clone(), trap.clone());
-        let task = tokio::spawn(async move {
+        let mut cut = TcpCut {
+            addr,
+            target,
+            task: tokio::spawn(async {}),
+            conns,
+            sent,
+            trap,
+        };
+        cut.task = cut.accept(listener);
+        cut
+    }
+
+    /// Accepts on `listener` and forwards each connection until cut.
+    fn accept(&self, listener: TcpListener) -> JoinHandle<()> {
+        let (tracked, counter, armed) = (self.conns.clone(), self.sent.clone(), self.trap.clone());
+        let target = self.target;
+        tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let (counter, armed) = (counter.clone(), armed.clone());
                 let conn = tokio::spawn(async move {
@@ -327,14 +354,19 @@ impl TcpCut {
                 });
                 tracked.lock().unwrap().push(conn);
             }
-        });
-        TcpCut {
-            addr,
-            task,
-            conns,
-            sent,
-            trap,
+        })
+    }
+
+    /// Forwards again on the same address after [`cut`](Self::cut): the service is back.
+    pub async fn restore(&mut self) {
+        for _ in 0..100 {
+            if let Ok(listener) = TcpListener::bind(self.addr).await {
+                self.task = self.accept(listener);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        panic!("could not listen on {} again", self.addr);
     }
 
     /// The next connection that sends a `COMMIT` has it delivered and is then severed before

@@ -9,6 +9,7 @@ mod actors;
 mod bench;
 mod catalog;
 mod crash;
+mod events;
 mod limits;
 mod ops;
 mod order_path;

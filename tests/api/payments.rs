@@ -49,7 +49,7 @@ async fn checkout(app: &TestApp) -> Checkout {
 }
 
 /// Opens a mockpay payment: (payment id, pay URL).
-async fn start_payment(app: &TestApp, token: &str, no: &str) -> (String, String) {
+pub(crate) async fn start_payment(app: &TestApp, token: &str, no: &str) -> (String, String) {
     let path = format!("/api/v1/orders/{no}/payments");
     let r = app
         .post(&path, Some(token), &json!({"channel": "mockpay"}))
@@ -63,7 +63,7 @@ async fn start_payment(app: &TestApp, token: &str, no: &str) -> (String, String)
 }
 
 /// The buyer presses "pay" on the provider's checkout page.
-async fn complete(app: &TestApp, pay_url: &str) -> Value {
+pub(crate) async fn complete(app: &TestApp, pay_url: &str) -> Value {
     let r = app
         .http
         .post(format!("{pay_url}/complete"))
@@ -75,7 +75,7 @@ async fn complete(app: &TestApp, pay_url: &str) -> Value {
 }
 
 /// `POST /api/v1/orders/{no}/{action}` (refund, pay-check, cancel) as `token`.
-async fn act(app: &TestApp, token: &str, no: &str, action: &str) -> reqwest::Response {
+pub(crate) async fn act(app: &TestApp, token: &str, no: &str, action: &str) -> reqwest::Response {
     let path = format!("/api/v1/orders/{no}/{action}");
     app.post(&path, Some(token), &json!({})).await
 }
@@ -99,7 +99,7 @@ async fn deliveries_once(app: &TestApp, payment_id: &str, n: i64) -> Option<i64>
     .await
 }
 
-async fn status(app: &TestApp, token: &str, no: &str) -> String {
+pub(crate) async fn status(app: &TestApp, token: &str, no: &str) -> String {
     let order: Value = app
         .get_as(token, &format!("/api/v1/orders/{no}"))
         .await
@@ -109,7 +109,7 @@ async fn status(app: &TestApp, token: &str, no: &str) -> String {
     order["status"].as_str().unwrap_or_default().to_string()
 }
 
-async fn status_once(app: &TestApp, token: &str, no: &str, wanted: &str) -> String {
+pub(crate) async fn status_once(app: &TestApp, token: &str, no: &str, wanted: &str) -> String {
     poll_until(
         Duration::from_secs(10),
         async || status(app, token, no).await,

@@ -1,0 +1,85 @@
+//! The purposes the server runs: MQ bookkeeping (consume and reconcile status of every outbox
+//! row, the operators' "MQ message records") and user notifications (the per-user [`Hub`]).
+
+use super::Event;
+use super::consumer::Apply;
+use super::hub::Hub;
+use crate::store::{PgPool, StoreError};
+use futures::future::BoxFuture;
+
+/// Subscription name of the bookkeeping consumer (one per cluster).
+pub const BOOKKEEPING: &str = "mq-bookkeeping";
+
+/// Marks each consumed event `ok` when the order's stored state agrees with it and `problem`
+/// otherwise (operator-handled rows stay `handled`). The consumption itself is in its inbox.
+pub struct Bookkeeping;
+
+/// The order statuses consistent with having seen `event` (later changes allowed).
+fn consistent_statuses(event: &Event) -> &'static [&'static str] {
+    match event.event_type.as_str() {
+        "OrderCreated" => &[
+            "pending_payment",
+            "paid",
+            "cancelled",
+            "expired",
+            "refunded",
+        ],
+        "OrderPaid" => &["paid", "refunded"],
+        "OrderCancelled" => &["cancelled"],
+        "OrderExpired" => &["expired"],
+        "OrderRefunded" => &["refunded"],
+        _ => &[],
+    }
+}
+
+impl Apply for Bookkeeping {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let statuses: Vec<&str> = consistent_statuses(event).to_vec();
+            tx.execute(
+                "UPDATE outbox ob SET reconcile_status = CASE WHEN EXISTS (
+                        SELECT 1 FROM orders o WHERE o.gene = (ob.order_no & 15)::smallint
+                          AND o.order_no = ob.order_no AND o.status = ANY($2)) THEN 'ok' ELSE 'problem' END
+                 WHERE ob.event_id = $1 AND ob.reconcile_status <> 'handled'",
+                &[&event.event_id, &statuses],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Hands every order event to the buyer's open channels on this process.
+pub struct Notifications(pub Hub);
+
+impl Apply for Notifications {
+    fn apply<'a>(
+        &'a self,
+        _tx: &'a deadpool_postgres::Transaction<'a>,
+        _event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn after_commit(&self, event: &Event) {
+        self.0.publish(event);
+    }
+}
+
+/// Marks `problem` every event not consumed by the bookkeeping consumer within
+/// `deadline_secs` of its commit; answers how many.
+pub async fn mark_unconsumed(pool: &PgPool, deadline_secs: f64) -> Result<u64, StoreError> {
+    Ok(pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE outbox SET reconcile_status = 'problem'
+             WHERE reconcile_status = 'unreconciled' AND created_at < now() - make_interval(secs => $1)",
+            &[&deadline_secs],
+        )
+        .await?)
+}

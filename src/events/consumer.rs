@@ -1,0 +1,306 @@
+//! One subscription per purpose, each event applied at most once.
+//!
+//! An event is applied inside the transaction that records it in `consumer_inbox` (primary key
+//! consumer + event id), so a redelivery — after a crash between commit and acknowledgement, or
+//! a republish — finds it there, is acknowledged and skipped. A failing handler rolls back,
+//! counts the attempt in `consumer_failures` (so the count survives a restart) and is tried
+//! again after a doubling wait (from `events.retry_backoff_ms`); at `events.max_attempts` the
+//! event goes to `dead_letters` and the dead-letter topic, an alert is logged, and it is
+//! acknowledged so the subscription moves on.
+//!
+//! Retries happen here rather than by negative acknowledgement: an ordered subscription
+//! (Failover) must not let an order's later event overtake a failing earlier one, and
+//! pulsar-lite does not redeliver negatively acknowledged messages on Failover subscriptions.
+//! A process that dies mid-retry leaves the message unacknowledged; the broker delivers it to
+//! the next consumer, which continues the count.
+
+use super::Event;
+use crate::config::EventSettings;
+use crate::store::{PgPool, PulsarStore, StoreError};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use pulsar::consumer::{ConsumerOptions, InitialPosition, Message};
+use pulsar::{Consumer, SubType, TokioExecutor};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where poison events are published (besides the `dead_letters` table).
+pub const DEAD_LETTER_TOPIC: &str = "order-events-dlq";
+
+/// What one purpose does with an event.
+pub trait Apply: Send + Sync + 'static {
+    /// Changes to Postgres, inside the transaction that records the event in the inbox.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Effects outside Postgres, after the commit: at most once per event, like `apply`.
+    fn after_commit(&self, _event: &Event) {}
+}
+
+/// What a consumer did since it started (also exported as metrics).
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Events applied for the first time.
+    pub applied: AtomicU64,
+    /// Events found in the inbox already (redeliveries, republished messages).
+    pub duplicates: AtomicU64,
+    /// Failed attempts (each followed by a redelivery or a dead letter).
+    pub failures: AtomicU64,
+    /// Events given up on.
+    pub dead_letters: AtomicU64,
+}
+
+/// A subscription and the purpose it serves.
+#[derive(Clone)]
+pub struct EventConsumer {
+    /// Subscription and inbox name (also the label of its metrics).
+    pub name: String,
+    /// `Failover` for work done once per cluster (in order per order), `Exclusive` with a
+    /// per-process name for work every process must see.
+    pub sub_type: SubType,
+    /// `Earliest` for durable bookkeeping (nothing published before the subscription existed
+    /// is missed), `Latest` for live-only purposes.
+    pub start: InitialPosition,
+    /// The purpose.
+    pub apply: Arc<dyn Apply>,
+    /// Inbox, failures, dead letters.
+    pub pool: PgPool,
+    /// The broker.
+    pub pulsar: PulsarStore,
+    /// Attempts and backoff.
+    pub settings: EventSettings,
+    /// Counters since start.
+    pub stats: Arc<ConsumerStats>,
+}
+
+/// A subscription's message stream.
+pub type EventStream = Consumer<Vec<u8>, TokioExecutor>;
+
+impl EventConsumer {
+    /// Consumes until `stop` turns true, resubscribing after broker failures.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        self.run_from(None, stop).await
+    }
+
+    /// [`run`](Self::run), starting with a subscription already made (so a caller knows the
+    /// subscription exists before anything is published).
+    pub async fn run_from(self, mut first: Option<EventStream>, mut stop: watch::Receiver<bool>) {
+        let mut wait = Duration::from_millis(100);
+        while !super::stopping(&stop) {
+            let subscribed = match first.take() {
+                Some(stream) => Ok(stream),
+                None => self.subscribe().await,
+            };
+            match subscribed {
+                Ok(mut stream) => {
+                    wait = Duration::from_millis(100);
+                    self.consume(&mut stream, &mut stop).await;
+                    let _ = stream.close().await;
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "cannot subscribe; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Subscribes to `order-events` (the test suite's and each deployment's own prefix).
+    pub async fn subscribe(&self) -> Result<EventStream, StoreError> {
+        self.pulsar
+            .client()
+            .consumer()
+            .with_topic(self.pulsar.topic(crate::store::pulsar::ORDER_EVENTS))
+            .with_subscription(&self.name)
+            .with_subscription_type(self.sub_type)
+            .with_options(ConsumerOptions {
+                initial_position: self.start.clone(),
+                durable: Some(true),
+                ..Default::default()
+            })
+            .build()
+            .await
+            .map_err(|e| StoreError::Pulsar(e.to_string()))
+    }
+
+    async fn consume(&self, stream: &mut EventStream, stop: &mut watch::Receiver<bool>) {
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = stop.changed() => return,
+            };
+            match next {
+                Some(Ok(message)) => self.handle(stream, &message).await,
+                Some(Err(e)) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "broken message or stream");
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    async fn handle(&self, stream: &mut EventStream, message: &Message<Vec<u8>>) {
+        let event: Event = match serde_json::from_slice(&message.payload.data) {
+            Ok(event) => event,
+            Err(e) => {
+                // Not an event at all: nothing could ever apply it, so no retries.
+                tracing::error!(consumer = %self.name, error = %e, "undecodable message dropped");
+                let _ = stream.ack(message).await;
+                return;
+            }
+        };
+        loop {
+            match self.apply_once(&event).await {
+                Ok(fresh) => return self.done(stream, message, fresh).await,
+                Err(e) => {
+                    if !self.failed(&event, &e.to_string()).await {
+                        // Dead-lettered: acknowledged so the subscription moves on.
+                        let _ = stream.ack(message).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn done(&self, stream: &mut EventStream, message: &Message<Vec<u8>>, fresh: bool) {
+        self.record_lag(message);
+        let (label, counter) = match fresh {
+            true => ("applied", &self.stats.applied),
+            false => ("duplicate", &self.stats.duplicates),
+        };
+        counter.fetch_add(1, AtomicOrdering::Relaxed);
+        metrics::counter!("events_consumed_total", "consumer" => self.name.clone(), "outcome" => label)
+            .increment(1);
+        let _ = stream.ack(message).await;
+    }
+
+    /// Consumer lag: how long ago the event being finished was published.
+    fn record_lag(&self, message: &Message<Vec<u8>>) {
+        let published_ms = message.payload.metadata.publish_time as i64;
+        let lag_ms = (chrono::Utc::now().timestamp_millis() - published_ms).max(0);
+        metrics::gauge!("events_consumer_lag_seconds", "consumer" => self.name.clone())
+            .set(lag_ms as f64 / 1000.0);
+    }
+
+    /// Applies the event unless the inbox already has it; answers whether it was new.
+    pub async fn apply_once(&self, event: &Event) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO consumer_inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&self.name, &event.event_id],
+            )
+            .await?
+            == 1;
+        if fresh {
+            self.apply.apply(&tx, event).await?;
+        }
+        tx.commit().await?;
+        if fresh {
+            self.apply.after_commit(event);
+        }
+        Ok(fresh)
+    }
+
+    /// Records a failed attempt; answers whether to try again (after a doubling wait) or,
+    /// at `max_attempts`, dead-letters the event and answers `false`.
+    async fn failed(&self, event: &Event, error: &str) -> bool {
+        metrics::counter!("events_redeliveries_total", "consumer" => self.name.clone())
+            .increment(1);
+        self.stats.failures.fetch_add(1, AtomicOrdering::Relaxed);
+        let attempts = match self.count_failure(event, error).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, error = %e, "failure not recorded");
+                self.settings.max_attempts
+            }
+        };
+        if attempts >= self.settings.max_attempts {
+            self.dead_letter(event, attempts, error).await;
+            return false;
+        }
+        let first = self.settings.retry_backoff_ms.max(1);
+        let wait = first.saturating_mul(1 << (attempts - 1).clamp(0, 10) as u64);
+        tokio::time::sleep(Duration::from_millis(wait.min(30_000))).await;
+        true
+    }
+
+    async fn count_failure(&self, event: &Event, error: &str) -> Result<i32, StoreError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                "INSERT INTO consumer_failures (consumer, event_id, attempts, last_error)
+                 VALUES ($1, $2, 1, $3)
+                 ON CONFLICT (consumer, event_id) DO UPDATE
+                 SET attempts = consumer_failures.attempts + 1, last_error = $3, updated_at = now()
+                 RETURNING attempts",
+                &[&self.name, &event.event_id, &error],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Records the poison event, publishes it to the dead-letter topic and raises the alert.
+    async fn dead_letter(&self, event: &Event, attempts: i32, error: &str) {
+        tracing::error!(consumer = %self.name, event_id = %event.event_id, attempts, error,
+            "ALERT: event dead-lettered after repeated failures");
+        metrics::counter!("events_dead_letters_total", "consumer" => self.name.clone())
+            .increment(1);
+        self.stats
+            .dead_letters
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        let payload = serde_json::to_value(event).unwrap_or_default();
+        let recorded = async {
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "INSERT INTO dead_letters (consumer, event_id, payload, attempts, last_error)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, event_id) DO NOTHING",
+                    &[&self.name, &event.event_id, &payload, &attempts, &error],
+                )
+                .await?;
+            Ok::<_, StoreError>(())
+        };
+        if let Err(e) = recorded.await {
+            tracing::error!(consumer = %self.name, error = %e, "dead letter not recorded");
+        }
+        if let Err(e) = self.publish_dead_letter(&payload).await {
+            tracing::warn!(consumer = %self.name, error = %e, "dead letter not published (it is recorded)");
+        }
+    }
+
+    async fn publish_dead_letter(&self, payload: &serde_json::Value) -> Result<(), StoreError> {
+        let mut producer = self
+            .pulsar
+            .client()
+            .producer()
+            .with_topic(self.pulsar.topic(DEAD_LETTER_TOPIC))
+            .build()
+            .await
+            .map_err(|e| StoreError::Pulsar(e.to_string()))?;
+        let body = serde_json::to_vec(payload).unwrap_or_default();
+        let receipt = producer
+            .send_non_blocking(body)
+            .await
+            .map_err(|e| StoreError::Pulsar(e.to_string()))?;
+        receipt
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Pulsar(e.to_string()))
+    }
+}

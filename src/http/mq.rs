@@ -1,0 +1,97 @@
+//! MQ message records for operators (API.md, "Admin"): every order event with its send,
+//! consume and reconcile status; mark one handled, or publish it again. Admins only.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extractor::AdminUser;
+use super::limits;
+use crate::store::outbox::{self, Action};
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Routes of this module, with the `admin` rate limit.
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/admin/programs/{id}/mq-messages", get(list))
+        .route(
+            "/api/v1/admin/mq-messages/{event_id}/handled",
+            post(handled),
+        )
+        .route(
+            "/api/v1/admin/mq-messages/{event_id}/republish",
+            post(republish),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::admin))
+}
+
+/// Filters of the message list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct MqQuery {
+    /// A send status (`pending`, `sent`, `failed`) or reconcile status (`unreconciled`, `ok`,
+    /// `problem`, `handled`).
+    status: Option<String>,
+    page: Option<u32>,
+    per_page: Option<u32>,
+}
+
+/// `GET /api/v1/admin/programs/{id}/mq-messages`.
+#[utoipa::path(get, path = "/api/v1/admin/programs/{id}/mq-messages", tag = "admin", operation_id = "list_mq_messages",
+    params(("id" = i64, Path, description = "Program id"), MqQuery),
+    responses((status = 200, description = "`{items, total, page, per_page}`"), (status = 403, description = "Not an admin")))]
+pub async fn list(
+    State(st): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<i64>,
+    Query(q): Query<MqQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, per_page) = (
+        q.page.unwrap_or(1).max(1),
+        q.per_page.unwrap_or(50).clamp(1, 200),
+    );
+    let (items, total) =
+        outbox::page_for_program(&st.stores.pg, id, q.status.as_deref(), page, per_page).await?;
+    Ok(Json(
+        json!({ "items": items, "total": total, "page": page, "per_page": per_page }),
+    ))
+}
+
+async fn act(
+    st: &AppState,
+    admin: &AdminUser,
+    id: &str,
+    action: Action,
+) -> Result<Json<Value>, ApiError> {
+    let event_id: Uuid = id.parse().map_err(|_| ApiError::not_found("message"))?;
+    if !outbox::act(&st.stores.pg, admin.0.id(), event_id, action).await? {
+        return Err(ApiError::not_found("message"));
+    }
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `POST /api/v1/admin/mq-messages/{event_id}/handled` (audit-logged).
+#[utoipa::path(post, path = "/api/v1/admin/mq-messages/{event_id}/handled", tag = "admin",
+    params(("event_id" = String, Path, description = "Event id")),
+    responses((status = 200, description = "Marked handled"), (status = 404, description = "No such message")))]
+pub async fn handled(
+    State(st): State<AppState>,
+    admin: AdminUser,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    act(&st, &admin, &event_id, Action::Handled).await
+}
+
+/// `POST /api/v1/admin/mq-messages/{event_id}/republish` (audit-logged).
+#[utoipa::path(post, path = "/api/v1/admin/mq-messages/{event_id}/republish", tag = "admin",
+    params(("event_id" = String, Path, description = "Event id")),
+    responses((status = 200, description = "Queued for the relay again"), (status = 404, description = "No such message")))]
+pub async fn republish(
+    State(st): State<AppState>,
+    admin: AdminUser,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    act(&st, &admin, &event_id, Action::Republish).await
+}
