@@ -78,7 +78,7 @@ fn start_events(
     state: &http::AppState,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    use events::bookkeeping::{BOOKKEEPING, Bookkeeping, Notifications};
+    use events::bookkeeping::{BOOKKEEPING, Bookkeeping, CatalogInvalidation, Notifications};
     use events::consumer::EventConsumer;
     use pulsar::SubType;
     use pulsar::consumer::InitialPosition;
@@ -119,6 +119,13 @@ fn start_events(
         InitialPosition::Latest,
         std::sync::Arc::new(Notifications(state.hub.clone())),
     );
+    let catalog = consumer(
+        format!("catalog-{}", settings.orders.worker_id),
+        SubType::Exclusive,
+        InitialPosition::Latest,
+        std::sync::Arc::new(CatalogInvalidation(state.catalog.clone())),
+    );
+    tokio::spawn(catalog.run(stop.clone()));
     tokio::spawn(bookkeeping.run(stop.clone()));
     tokio::spawn(notifications.run(stop.clone()));
     tokio::spawn(mark_unconsumed(state.clone(), stop));

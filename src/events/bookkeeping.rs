@@ -4,6 +4,7 @@
 use super::Event;
 use super::consumer::Apply;
 use super::hub::Hub;
+use crate::store::catalog_cache::CatalogCache;
 use crate::store::{PgPool, StoreError};
 use futures::future::BoxFuture;
 
@@ -14,8 +15,16 @@ pub const BOOKKEEPING: &str = "mq-bookkeeping";
 /// otherwise (operator-handled rows stay `handled`). The consumption itself is in its inbox.
 pub struct Bookkeeping;
 
-/// The order statuses consistent with having seen `event` (later changes allowed).
-fn consistent_statuses(event: &Event) -> &'static [&'static str] {
+/// The order statuses consistent with having seen `event` (later changes allowed); events that
+/// are not about an order are consistent with anything (`None`).
+fn consistent_statuses(event: &Event) -> Option<&'static [&'static str]> {
+    if !event.is_order_event() {
+        return None;
+    }
+    Some(order_statuses(event))
+}
+
+fn order_statuses(event: &Event) -> &'static [&'static str] {
     match event.event_type.as_str() {
         "OrderCreated" => &[
             "pending_payment",
@@ -39,7 +48,16 @@ impl Apply for Bookkeeping {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let statuses: Vec<&str> = consistent_statuses(event).to_vec();
+            let Some(statuses) = consistent_statuses(event) else {
+                tx.execute(
+                    "UPDATE outbox SET reconcile_status = 'ok'
+                     WHERE event_id = $1 AND reconcile_status <> 'handled'",
+                    &[&event.event_id],
+                )
+                .await?;
+                return Ok(());
+            };
+            let statuses: Vec<&str> = statuses.to_vec();
             tx.execute(
                 "UPDATE outbox ob SET reconcile_status = CASE WHEN EXISTS (
                         SELECT 1 FROM orders o WHERE o.gene = (ob.order_no & 15)::smallint
@@ -65,8 +83,40 @@ impl Apply for Notifications {
         Box::pin(async { Ok(()) })
     }
 
-    fn after_commit(&self, event: &Event) {
+    fn after_commit<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, ()> {
         self.0.publish(event);
+        Box::pin(async {})
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        event.user_id.is_some()
+    }
+}
+
+/// Drops this process's cached copy of a program when a `CatalogChanged` event arrives: the
+/// durable backstop of the Redis broadcast (fire-and-forget: a node that was reconnecting
+/// misses it), which stays as the fast path.
+pub struct CatalogInvalidation(pub CatalogCache);
+
+impl Apply for CatalogInvalidation {
+    fn apply<'a>(
+        &'a self,
+        _tx: &'a deadpool_postgres::Transaction<'a>,
+        _event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn after_commit<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(program_id) = event.program_id {
+                self.0.forget_local(program_id).await;
+            }
+        })
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        event.event_type == "CatalogChanged"
     }
 }
 

@@ -39,7 +39,16 @@ pub trait Apply: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Effects outside Postgres, after the commit: at most once per event, like `apply`.
-    fn after_commit(&self, _event: &Event) {}
+    fn after_commit<'a>(&'a self, _event: &'a Event) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// Whether this purpose cares about the event at all; others are acknowledged without
+    /// touching Postgres (a per-process purpose would otherwise write an inbox row for every
+    /// order event it ignores).
+    fn wants(&self, _event: &Event) -> bool {
+        true
+    }
 }
 
 /// What a consumer did since it started (also exported as metrics).
@@ -159,6 +168,10 @@ impl EventConsumer {
                 return;
             }
         };
+        if !self.apply.wants(&event) {
+            let _ = stream.ack(message).await;
+            return;
+        }
         loop {
             match self.apply_once(&event).await {
                 Ok(fresh) => return self.done(stream, message, fresh).await,
@@ -209,7 +222,7 @@ impl EventConsumer {
         }
         tx.commit().await?;
         if fresh {
-            self.apply.after_commit(event);
+            self.apply.after_commit(event).await;
         }
         Ok(fresh)
     }

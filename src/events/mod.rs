@@ -23,10 +23,12 @@ use uuid::Uuid;
 pub struct Event {
     /// Unique per state change; consumers dedupe on it.
     pub event_id: Uuid,
-    /// `OrderCreated`, `OrderPaid`, `OrderCancelled`, `OrderExpired`, `OrderRefunded`.
+    /// `OrderCreated`, `OrderPaid`, `OrderCancelled`, `OrderExpired`, `OrderRefunded`, or
+    /// `CatalogChanged` (an admin edit of a program).
     #[serde(rename = "type")]
     pub event_type: String,
-    /// The order, as a string (63-bit numbers lose precision in JSON).
+    /// The order, as a string (63-bit numbers lose precision in JSON); empty for events that
+    /// are not about an order (`CatalogChanged`).
     pub order_no: String,
     /// The buyer.
     pub user_id: Option<i64>,
@@ -39,6 +41,11 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether the event is about an order (rather than, say, the catalog).
+    pub fn is_order_event(&self) -> bool {
+        self.event_type.starts_with("Order")
+    }
+
     /// The order status this event leaves its order in.
     pub fn status(&self) -> &'static str {
         match self.event_type.as_str() {

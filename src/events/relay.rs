@@ -215,7 +215,10 @@ async fn pending(client: &Client, limit: i64) -> Result<Vec<Outgoing>, StoreErro
             event: Event {
                 event_id: r.get(2),
                 event_type: r.get(3),
-                order_no: r.get::<_, Option<i64>>(4).unwrap_or_default().to_string(),
+                order_no: r
+                    .get::<_, Option<i64>>(4)
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
                 program_id: r.get(5),
                 occurred_at: r.get(6),
                 data: r.get(7),

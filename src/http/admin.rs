@@ -236,6 +236,9 @@ async fn commit_audited(
     change: Value,
 ) -> Result<Value, ApiError> {
     audit::record(&tx, admin_id, action, &format!("program:{id}"), &change).await?;
+    // Durable backstop of the Redis broadcast below: every node's catalog consumer drops its
+    // copy when this event arrives, also a node that missed the fire-and-forget broadcast.
+    crate::store::outbox::emit_catalog_changed(&tx, id, action).await?;
     tx.commit().await.map_err(StoreError::from)?;
     st.catalog.invalidate(id).await?;
     let detail = catalog_read::program_detail(&st.stores.pg, id).await?;

@@ -117,6 +117,12 @@ impl CatalogCache {
             .map_err(redis_error)
     }
 
+    /// Drops this process's copies of the program (detail and every list page): what an
+    /// invalidation from another node does here.
+    pub async fn forget_local(&self, program_id: i64) {
+        self.inner.drop_local(program_id).await;
+    }
+
     /// Subscribes to invalidations from all nodes and applies them here until the process ends.
     pub async fn listen(&self, subscriber: SubscriberClient) -> Result<(), StoreError> {
         let mut messages = subscriber.message_rx();
@@ -150,7 +156,7 @@ impl Inner {
             .key(&format!("catalog:program:v{DETAIL_KEY_VERSION}:{id}"))
     }
 
-    async fn drop_local(&self, program_id: i64) {
+    pub(crate) async fn drop_local(&self, program_id: i64) {
         self.details.invalidate(&program_id).await;
         self.lists.invalidate_all();
     }

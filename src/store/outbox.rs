@@ -50,6 +50,23 @@ pub async fn page_for_program(
     Ok((items, total))
 }
 
+/// Writes a `CatalogChanged` event for the program in the caller's transaction (an admin edit):
+/// every node's catalog consumer drops its in-process copy when it arrives.
+pub async fn emit_catalog_changed(
+    tx: &deadpool_postgres::Transaction<'_>,
+    program_id: i64,
+    action: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, program_id, payload)
+         VALUES (gen_random_uuid(), 'order-events', 'program:' || $1::bigint::text, 'CatalogChanged',
+                 $1::bigint, jsonb_build_object('program_id', $1::bigint, 'action', $2::text))",
+        &[&program_id, &action],
+    )
+    .await?;
+    Ok(())
+}
+
 /// What an operator does to a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -4,8 +4,7 @@
 //! dead-letter poison; operators see it all in the MQ message records.
 
 use crate::helpers::{
-    TcpCut, TestApp, buyers, code, on_sale, order, poll_until, signed_in_admin, spawn_app,
-    spawn_app_with,
+    TestApp, buyers, code, on_sale, order, poll_until, signed_in_admin, spawn_app, spawn_app_with,
 };
 use crate::payments::{act, complete, start_payment, status_once};
 use boxoffice::config::Settings;
@@ -26,7 +25,8 @@ use std::time::Duration;
 /// The broker as tests reach it (the dev bridge), whatever URL the app was given.
 const BRIDGE: &str = "pulsar://127.0.0.1:6650";
 
-/// A subscription of the test's own on the app's `order-events`, collecting what arrives.
+/// A subscription of the test's own on the app's `order-events`, collecting the order events
+/// that arrive (catalog events of the test's own program set-up are left out).
 struct Tap {
     seen: Arc<Mutex<Vec<Event>>>,
     task: tokio::task::JoinHandle<()>,
@@ -64,7 +64,9 @@ impl Tap {
         let sink = seen.clone();
         let task = tokio::spawn(async move {
             while let Some(Ok(message)) = consumer.next().await {
-                if let Ok(event) = serde_json::from_slice::<Event>(&message.payload.data) {
+                if let Ok(event) = serde_json::from_slice::<Event>(&message.payload.data)
+                    && event.is_order_event()
+                {
                     sink.lock().unwrap().push(event);
                 }
                 let _ = consumer.ack(&message).await;
@@ -81,6 +83,81 @@ impl Tap {
             |seen| done(seen),
         )
         .await
+    }
+}
+
+/// A `pulsar-bridge` process of the test's own in front of the shared pulsar-lite, killed on
+/// drop: the app's "broker", which the test can stop and start again on the same port.
+struct PrivateBroker {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    async fn start() -> PrivateBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = PrivateBroker { port, child: None };
+        broker.restart().await;
+        broker
+    }
+
+    fn url(&self) -> String {
+        format!("pulsar://127.0.0.1:{}", self.port)
+    }
+
+    /// The bridge binary: next to this test binary's folder, or where `dev/services.sh` built it.
+    fn binary() -> std::path::PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let beside = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("pulsar-bridge"));
+        match beside {
+            Some(path) if path.exists() => path,
+            _ => {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/pulsar-bridge")
+            }
+        }
+    }
+
+    async fn restart(&mut self) {
+        let child = std::process::Command::new(Self::binary())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--upstream",
+                "127.0.0.1:6651",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pulsar-bridge");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let up = poll_until(
+            Duration::from_secs(10),
+            async || tokio::net::TcpStream::connect(&addr).await.is_ok(),
+            |up| *up,
+        )
+        .await;
+        assert!(up, "the private bridge listens");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -160,9 +237,12 @@ async fn every_state_change_is_published_once_and_in_order_per_order() {
         seen.iter()
             .all(|e| e.user_id.is_some() && e.program_id == Some(program))
     );
-    let unsent = count(
-        &app,
-        "SELECT count(*) FROM outbox WHERE send_status <> 'sent' OR message_id IS NULL",
+    let sql = "SELECT count(*) FROM outbox WHERE send_status <> 'sent' OR message_id IS NULL";
+    // Rows are marked once the batch's receipts are back, a moment after delivery.
+    let unsent = poll_until(
+        Duration::from_secs(5),
+        async || count(&app, sql).await,
+        |n| *n == 0,
     )
     .await;
     assert_eq!(unsent, 0, "every row marked sent with its message id");
@@ -172,7 +252,7 @@ async fn every_state_change_is_published_once_and_in_order_per_order() {
         async || {
             count(
                 &app,
-                "SELECT count(*) FROM outbox WHERE reconcile_status = 'ok'",
+                "SELECT count(*) FROM outbox WHERE reconcile_status = 'ok' AND event_type LIKE 'Order%'",
             )
             .await
         },
@@ -184,9 +264,11 @@ async fn every_state_change_is_published_once_and_in_order_per_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_away_orders_still_commit_and_the_backlog_arrives_in_order() {
-    let bridge: std::net::SocketAddr = "127.0.0.1:6650".parse().unwrap();
-    let mut proxy = TcpCut::start(bridge).await;
-    let url = format!("pulsar://{}", proxy.addr);
+    // A broker of the app's own (a bridge in front of the shared pulsar-lite): stopping it
+    // takes Pulsar away from the app only. (A TCP cut would not do: lookups send clients
+    // straight to the address the bridge advertises.)
+    let mut broker = PrivateBroker::start().await;
+    let url = broker.url();
     let app = spawn_app_with(|s| {
         s.pulsar.url = url;
         s.events.relay_backoff_max_ms = 500;
@@ -195,7 +277,7 @@ async fn with_the_broker_away_orders_still_commit_and_the_backlog_arrives_in_ord
     let tap = Tap::start(&app.settings).await;
     let (program, _, floor) = on_sale(&app, 2, 4).await;
     let crowd = buyers(&app, 4, 1).await;
-    proxy.cut();
+    broker.stop();
     let mut placed = Vec::new();
     for (i, b) in crowd.iter().enumerate() {
         placed.push(ga_order(&app, b, program, floor, &format!("away-{i}"), 1).await);
@@ -220,7 +302,7 @@ async fn with_the_broker_away_orders_still_commit_and_the_backlog_arrives_in_ord
         "everything waits in the outbox"
     );
 
-    proxy.restore().await;
+    broker.restart().await;
     let seen = tap.until(Duration::from_secs(20), |e| e.len() >= 5).await;
     assert_eq!(
         types_of(&seen, &placed[0]),
@@ -302,9 +384,12 @@ async fn a_row_that_commits_late_with_a_lower_id_is_still_published() {
     slow.commit().await.unwrap();
     let seen = tap.until(Duration::from_secs(10), |e| e.len() >= 2).await;
     assert_eq!(types_of(&seen, "7"), ["OrderCancelled"]);
-    let sent: i64 = count(
-        &app,
-        &format!("SELECT count(*) FROM outbox WHERE id = {late_id} AND send_status = 'sent'"),
+    let sql = format!("SELECT count(*) FROM outbox WHERE id = {late_id} AND send_status = 'sent'");
+    // Marked once the broker's receipt is back, which may be a moment after delivery.
+    let sent = poll_until(
+        Duration::from_secs(5),
+        async || count(&app, &sql).await,
+        |n| *n == 1,
     )
     .await;
     assert_eq!(sent, 1);
@@ -317,6 +402,10 @@ struct Counting {
 }
 
 impl Apply for Counting {
+    fn wants(&self, event: &Event) -> bool {
+        event.is_order_event()
+    }
+
     fn apply<'a>(
         &'a self,
         _tx: &'a deadpool_postgres::Transaction<'a>,
@@ -503,9 +592,11 @@ async fn operators_see_send_consume_and_reconcile_status_and_can_act_on_messages
                 .await
                 .unwrap()
         },
-        |p| p["total"] == 1,
+        |p| p["total"] == 2,
     )
     .await;
+    // Newest first: the order, then the program's creation (a catalog event).
+    assert_eq!(page["items"][1]["type"], "CatalogChanged");
     let item = &page["items"][0];
     assert_eq!(item["type"], "OrderCreated");
     assert_eq!(item["send_status"], "sent");
@@ -541,7 +632,10 @@ async fn operators_see_send_consume_and_reconcile_status_and_can_act_on_messages
     assert_eq!(republish.status(), 200);
     let resent = poll_until(
         Duration::from_secs(10),
-        async || count(&app, "SELECT send_attempts::bigint FROM outbox").await,
+        async || {
+            let sql = "SELECT send_attempts::bigint FROM outbox WHERE event_type = 'OrderCreated'";
+            count(&app, sql).await
+        },
         |n| *n == 2,
     )
     .await;
@@ -560,4 +654,47 @@ async fn operators_see_send_consume_and_reconcile_status_and_can_act_on_messages
         )
         .await;
     assert_eq!(code(unknown).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_edit_reaches_every_nodes_cache_as_an_event() {
+    use boxoffice::events::bookkeeping::CatalogInvalidation;
+    use boxoffice::store::catalog_cache::CatalogCache;
+    let app = spawn_app().await;
+    let (program, _, _) = on_sale(&app, 2, 4).await;
+    // Another node's cache, reached by no Redis broadcast: only the event can tell it.
+    let redis = boxoffice::store::RedisStore::connect(&app.settings.redis)
+        .await
+        .unwrap();
+    let cache = CatalogCache::new(app.pg.clone(), redis, app.settings.cache.clone());
+    let consumer = test_consumer(
+        &app,
+        pulsar_of(&app.settings).await,
+        Arc::new(CatalogInvalidation(cache.clone())),
+    );
+    let stop = start_consumer(consumer).await;
+    let title =
+        |d: Option<Arc<boxoffice::store::catalog_read::ProgramDetail>>| d.unwrap().title.clone();
+    assert_eq!(title(cache.detail(program).await.unwrap()), "Order Test");
+    let (_, admin) = signed_in_admin(&app).await;
+    let r = app
+        .http
+        .patch(format!("{}/api/v1/admin/programs/{program}", app.address))
+        .bearer_auth(&admin)
+        .json(&json!({"title": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = poll_until(
+        Duration::from_secs(10),
+        async || title(cache.detail(program).await.unwrap()),
+        |t| t == "Renamed",
+    )
+    .await;
+    assert_eq!(
+        seen, "Renamed",
+        "the node dropped its copy when the event arrived"
+    );
+    let _ = stop.send(true);
 }

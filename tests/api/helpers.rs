@@ -357,18 +357,6 @@ impl TcpCut {
         })
     }
 
-    /// Forwards again on the same address after [`cut`](Self::cut): the service is back.
-    pub async fn restore(&mut self) {
-        for _ in 0..100 {
-            if let Ok(listener) = TcpListener::bind(self.addr).await {
-                self.task = self.accept(listener);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("could not listen on {} again", self.addr);
-    }
-
     /// The next connection that sends a `COMMIT` has it delivered and is then severed before
     /// the answer comes back: the client cannot know that Postgres committed.
     pub fn sever_after_next_commit(&self) {
