@@ -49,6 +49,23 @@ enum Command {
     /// JSON summary.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Order events on Pulsar.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum EventsCommand {
+    /// Print order events as they arrive, one line each, until Ctrl-C.
+    Tail {
+        /// Only events of this type (OrderCreated, OrderPaid, OrderCancelled, OrderExpired,
+        /// OrderRefunded, CatalogChanged).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events of this program.
+        #[arg(long)]
+        program: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +138,16 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(which) => {
             tokio::runtime::Runtime::new()?.block_on(run_bench(which, settings))
         }
+        Command::Events(EventsCommand::Tail {
+            event_type,
+            program,
+        }) => {
+            let filter = boxoffice::events::tail::TailFilter {
+                event_type,
+                program_id: program,
+            };
+            tokio::runtime::Runtime::new()?.block_on(tail_events(filter, settings))
+        }
         other => tokio::runtime::Runtime::new()?.block_on(run_admin_command(other, settings)),
     }
 }
@@ -142,6 +169,17 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         println!("boxoffice serving on {url}  (API {url}/api/v1, OpenAPI {url}/api-docs/openapi.json, health {url}/readyz)");
         boxoffice::serve(settings, listener, boxoffice::shutdown_signal()).await
     })
+}
+
+/// `boxoffice events tail`: to standard output until Ctrl-C or SIGTERM.
+async fn tail_events(
+    filter: boxoffice::events::tail::TailFilter,
+    settings: Settings,
+) -> anyhow::Result<()> {
+    let pulsar = store::PulsarStore::connect(&settings.pulsar).await?;
+    let mut out = std::io::stdout();
+    boxoffice::events::tail::tail(&pulsar, filter, &mut out, boxoffice::shutdown_signal()).await?;
+    Ok(())
 }
 
 async fn run_admin_command(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -178,7 +216,9 @@ async fn run_admin_command(command: Command, settings: Settings) -> anyhow::Resu
             .await?;
             println!("admin {email} has user id {id}");
         }
-        Command::Serve | Command::Bench(_) => unreachable!("handled in main"),
+        Command::Serve | Command::Bench(_) | Command::Events(_) => {
+            unreachable!("handled in main")
+        }
     }
     Ok(())
 }

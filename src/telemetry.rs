@@ -10,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 pub fn init_logging(settings: &LogSettings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to standard error: standard output carries what a command answers (the lines of
+    // `events tail`, the seed summary), which scripts and operators read.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),

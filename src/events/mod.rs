@@ -12,6 +12,7 @@ pub mod bookkeeping;
 pub mod consumer;
 pub mod hub;
 pub mod relay;
+pub mod tail;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

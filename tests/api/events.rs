@@ -698,3 +698,66 @@ async fn an_admin_edit_reaches_every_nodes_cache_as_an_event() {
     );
     let _ = stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_prints_matching_events_one_line_each_and_stops_on_ctrl_c() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let app = spawn_app().await;
+    let (program, _, floor) = on_sale(&app, 2, 4).await;
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        .args([
+            "events",
+            "tail",
+            "--type",
+            "OrderCreated",
+            "--program",
+            &program.to_string(),
+        ])
+        .env("BOXOFFICE_CONFIG", "/nonexistent/boxoffice.toml")
+        .env(
+            "BOXOFFICE__PULSAR__TOPIC_PREFIX",
+            &app.settings.pulsar.topic_prefix,
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start boxoffice events tail");
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let next = async |lines: &mut tokio::io::Lines<_>| {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .unwrap_or_default()
+    };
+    assert!(
+        next(&mut lines).await.starts_with("tailing "),
+        "subscribed first"
+    );
+    let crowd = buyers(&app, 1, 1).await;
+    let no = ga_order(&app, &crowd[0], program, floor, "tailed", 1).await;
+    assert_eq!(
+        act(&app, &crowd[0].token, &no, "cancel").await.status(),
+        200
+    );
+    let line = next(&mut lines).await;
+    assert!(
+        line.contains(" OrderCreated ") && line.contains(&format!("order={no}")),
+        "{line}"
+    );
+    let pid = tail.id().unwrap().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), tail.wait())
+        .await
+        .expect("stops on Ctrl-C")
+        .unwrap();
+    assert!(exit.success(), "clean exit: {exit}");
+    while let Ok(Some(rest)) = lines.next_line().await {
+        assert!(!rest.contains("OrderCancelled"), "filtered out: {rest}");
+    }
+}
