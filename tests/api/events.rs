@@ -761,3 +761,66 @@ async fn events_tail_prints_matching_events_one_line_each_and_stops_on_ctrl_c() 
         assert!(!rest.contains("OrderCancelled"), "filtered out: {rest}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_marks_events_that_disagree_with_their_order_or_were_never_consumed() {
+    let app = spawn_app().await;
+    let (program, _, floor) = on_sale(&app, 2, 4).await;
+    let crowd = buyers(&app, 1, 1).await;
+    let no = ga_order(&app, &crowd[0], program, floor, "disagree", 1).await;
+    // An "OrderPaid" for an order Postgres still has unpaid: the record must say problem.
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload)
+             VALUES (gen_random_uuid(), 'order-events', $1::bigint::text, 'OrderPaid', $1::bigint, $2, '{}')",
+            &[&no.parse::<i64>().unwrap(), &program],
+        )
+        .await
+        .unwrap();
+    let statuses = async || {
+        let rows = app
+            .pg
+            .get()
+            .await
+            .unwrap()
+            .query(
+                "SELECT event_type, reconcile_status FROM outbox WHERE event_type LIKE 'Order%' ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let seen = poll_until(Duration::from_secs(10), statuses, |s| {
+        s.iter().all(|(_, status)| status != "unreconciled")
+    })
+    .await;
+    assert_eq!(
+        seen,
+        [
+            ("OrderCreated".to_string(), "ok".to_string()),
+            ("OrderPaid".to_string(), "problem".to_string())
+        ]
+    );
+    // A row nobody consumed in time: problem too.
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload, send_status, created_at)
+             VALUES (gen_random_uuid(), 'order-events', '9', 'OrderCreated', 9, $1, '{}', 'sent', now() - interval '1 hour')",
+            &[&program],
+        )
+        .await
+        .unwrap();
+    let marked = boxoffice::events::bookkeeping::mark_unconsumed(&app.pg, 60.0)
+        .await
+        .unwrap();
+    assert_eq!(marked, 1, "only the hour-old unconsumed row");
+}
