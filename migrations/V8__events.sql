@@ -9,6 +9,9 @@ ALTER TABLE outbox ADD COLUMN message_id TEXT;
 -- event of this order?" without reading sent rows.
 CREATE INDEX outbox_unsent_order ON outbox (order_no, id) WHERE send_status <> 'sent';
 
+-- The reconciler looks for events not consumed in time; only unreconciled rows are read.
+CREATE INDEX outbox_unreconciled ON outbox (created_at) WHERE reconcile_status = 'unreconciled';
+
 -- Every statement that writes outbox rows wakes the relays (LISTEN outbox). Statement-level, so
 -- a batch of orders costs one notification, and Postgres folds identical notifications of one
 -- transaction into one.

@@ -86,6 +86,12 @@ fn start_events(
     if settings.events.relay {
         let mut pg_config = store::postgres::pg_config(&settings.database)?;
         pg_config.application_name("boxoffice-relay");
+        // The lease lives as long as this session: if the holder's machine vanishes, the
+        // server must notice within seconds (not the OS default of hours) so another takes over.
+        pg_config.options(
+            "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+        );
+        pg_config.keepalives_idle(std::time::Duration::from_secs(5));
         let relay = events::relay::Relay {
             settings: settings.events,
             pg_config,

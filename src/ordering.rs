@@ -56,6 +56,9 @@ pub enum OrderError {
     /// Sales have not started.
     #[error("sales open at {0}")]
     NotOnSale(chrono::DateTime<chrono::Utc>),
+    /// The chosen show time has begun.
+    #[error("this show has started; tickets are no longer sold")]
+    ShowStarted,
     /// Per-order or per-account limit.
     #[error("{0}")]
     Limit(String),
@@ -114,6 +117,7 @@ impl Ordering {
             .ok_or(OrderError::NoProgram)?;
         self.check_program_rules(req, &program, n)?;
         let show_time_id = show_time_of(req, &program)?;
+        self.check_show_not_started(&program, show_time_id)?;
         self.check_buyers(user_id, req, &program).await?;
         let plan = self.plan(req, &program, show_time_id).await?;
         let now = self.clock.now();
@@ -157,6 +161,18 @@ impl Ordering {
             )));
         }
         Ok(())
+    }
+
+    /// Tickets for a show that has begun are no longer sold.
+    fn check_show_not_started(
+        &self,
+        program: &ProgramDetail,
+        show_time_id: i64,
+    ) -> Result<(), OrderError> {
+        match program.show_time(show_time_id) {
+            Some(show) if show.starts_at <= self.clock.now() => Err(OrderError::ShowStarted),
+            _ => Ok(()),
+        }
     }
 
     /// Hands the order to the group-commit writer, settles the reservations with what became
@@ -283,20 +299,22 @@ impl Ordering {
     }
 
     /// The seat's category through the supervisor's seat index: one lookup per seat once the
-    /// program's actors run; otherwise the seated categories not yet running are started (which
-    /// indexes their seats) and the lookup repeated.
+    /// program's actors run; otherwise the program's seated categories are started and their
+    /// published snapshots searched.
     async fn category_of(&self, seat_id: i64, program: &ProgramDetail) -> Result<i64, OrderError> {
         let of_program = |c: &i64| program.ticket_categories.iter().any(|t| t.id == *c);
         if let Some(category) = self.supervisor.category_of_seat(seat_id) {
             return in_program(seat_id, Some(category).filter(of_program));
         }
+        // Rare path (a category not running, or an index entry dropped by a racing unload):
+        // the snapshots themselves are searched, so the index is never the last word.
         for c in program.ticket_categories.iter().filter(|c| c.seated) {
-            self.supervisor.snapshot(c.id).await?;
+            let snapshot = self.supervisor.snapshot(c.id).await?;
+            if snapshot.seats.iter().any(|s| s.id == seat_id) {
+                return Ok(c.id);
+            }
         }
-        in_program(
-            seat_id,
-            self.supervisor.category_of_seat(seat_id).filter(of_program),
-        )
+        in_program(seat_id, None)
     }
 
     /// Reserves every category in ascending id; any refusal releases what was taken.
@@ -333,8 +351,12 @@ impl Ordering {
     /// redelivers to a replacement actor, so the only failure left is a category that cannot be
     /// loaded at all — and the next load reads the truth from Postgres.
     async fn settle(&self, order_no: i64, taken: &[(i64, Reserved)], outcome: Outcome) {
-        for (category, _) in taken {
-            let settle = Settle { order_no, outcome };
+        for (category, reserved) in taken {
+            let settle = Settle {
+                order_no,
+                outcome,
+                change: Some(reserved.change.clone()),
+            };
             if let Err(e) = self.supervisor.settle(*category, settle).await {
                 tracing::warn!(order_no, category, error = %e, "settle not delivered; the category reloads from Postgres");
             }

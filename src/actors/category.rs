@@ -296,12 +296,42 @@ impl CategoryActor {
         taken.map_err(ActorError::Inventory)
     }
 
-    fn settle(&mut self, order: OrderNo, outcome: Outcome, ctx: &mut Context<Self>) -> bool {
+    /// A settle for a reservation this actor does not have: it timed out, or another actor
+    /// (which this one replaced) took it. A committed one is adopted when its tickets are free
+    /// here; otherwise memory cannot be trusted and the actor reloads.
+    fn settle_unknown_reservation(
+        &mut self,
+        order: OrderNo,
+        outcome: Outcome,
+        adopt: Option<Change>,
+        ctx: &mut Context<Self>,
+    ) {
+        if outcome == Outcome::NotCommitted || self.inv.stage(order).is_some() {
+            return;
+        }
+        if outcome == Outcome::Committed
+            && let Some(change) = adopt
+            && let Ok(delta) = self.inv.adopt(&change)
+        {
+            tracing::info!(
+                order_no = order,
+                "adopted a hold committed by a previous actor"
+            );
+            self.committed(&change, delta, ctx);
+            return;
+        }
+        self.reload(order, "a reservation it never saw may have committed", ctx);
+    }
+
+    fn settle(
+        &mut self,
+        order: OrderNo,
+        outcome: Outcome,
+        adopt: Option<Change>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
         let Some((change, timer)) = self.reserved.remove(&order) else {
-            if outcome != Outcome::NotCommitted && self.inv.stage(order).is_none() {
-                // The reservation was abandoned (timed out), yet its order may have committed.
-                self.reload(order, "an abandoned reservation may have committed", ctx);
-            }
+            self.settle_unknown_reservation(order, outcome, adopt, ctx);
             return false;
         };
         ctx.cancel_future(timer);
@@ -327,7 +357,7 @@ impl Handler<Reserve> for CategoryActor {
         let order = hold.order_no;
         let timeout = Duration::from_millis(self.settings.reservation_timeout_ms);
         let timer = ctx.run_later(timeout, move |act, ctx| {
-            if act.settle(order, Outcome::NotCommitted, ctx) {
+            if act.settle(order, Outcome::NotCommitted, None, ctx) {
                 tracing::warn!(order_no = order, "reservation never settled; released");
             }
         });
@@ -345,7 +375,7 @@ impl Handler<Settle> for CategoryActor {
     type Result = bool;
 
     fn handle(&mut self, msg: Settle, ctx: &mut Context<Self>) -> bool {
-        self.settle(msg.order_no, msg.outcome, ctx)
+        self.settle(msg.order_no, msg.outcome, msg.change, ctx)
     }
 }
 

@@ -85,13 +85,18 @@ pub enum Outcome {
 
 /// The outcome of a reservation's transaction (see [`Outcome`]). Answers whether it was still
 /// pending. Never refused for backpressure: see [`Supervisor::report`](super::Supervisor::report).
-#[derive(Debug, Clone, Copy, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "bool")]
 pub struct Settle {
     /// The order.
     pub order_no: OrderNo,
     /// What became of its transaction.
     pub outcome: Outcome,
+    /// The reserved change, so that an actor which replaced the reserving one (it loaded before
+    /// the order committed) can take the committed hold into memory instead of reloading —
+    /// reloads during a rush would otherwise chain, each replacement missing the commits in
+    /// flight.
+    pub change: Option<crate::domain::inventory::Change>,
 }
 
 /// What a reservation holds (durable once its order committed).

@@ -148,6 +148,7 @@ impl HoldTarget for ActorTarget {
             let settle = Settle {
                 order_no: order,
                 outcome: Outcome::Committed,
+                change: None,
             };
             match self.supervisor.settle(category, settle).await {
                 Ok(true) => HoldOutcome::Held,

@@ -450,6 +450,28 @@ impl Inventory {
         }
     }
 
+    /// Takes into memory a hold that Postgres already has (committed through another actor of
+    /// this category) if its tickets are free here; answers the delta to publish.
+    pub fn adopt(&mut self, change: &Change) -> Result<Delta, InventoryError> {
+        let expires_at = change
+            .expires_at
+            .ok_or(InventoryError::Invalid("not a hold"))?;
+        self.check_new_order(change.order_no, change.quantity as usize)?;
+        let idx = change
+            .seats
+            .iter()
+            .map(|s| self.index_of(s.id))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.take(
+            change.order_no,
+            idx,
+            change.quantity,
+            expires_at,
+            Stage::Held,
+        )?;
+        Ok(self.delta(change.order_no, SeatStatus::Held))
+    }
+
     /// Starts a release (cancel/expiry), confirm (payment) or return (refund) of `order`.
     /// `Ok(None)` means there is nothing to do because it already happened (idempotent retry).
     pub fn begin(

@@ -26,6 +26,26 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Why an event was not applied.
+enum Failure {
+    /// The purpose's handler refused: counted, retried, dead-lettered at the limit.
+    Handler(StoreError),
+    /// Postgres could not be reached or the inbox transaction failed: waited out, not counted.
+    Store(StoreError),
+}
+
+fn store_failure(e: impl Into<StoreError>) -> Failure {
+    Failure::Store(e.into())
+}
+
+/// What follows a counted failure.
+enum Next {
+    /// Try the handler again.
+    Retry,
+    /// Given up on and recorded.
+    DeadLettered,
+}
+
 /// Where poison events are published (besides the `dead_letters` table).
 pub const DEAD_LETTER_TOPIC: &str = "order-events-dlq";
 
@@ -172,15 +192,25 @@ impl EventConsumer {
             let _ = stream.ack(message).await;
             return;
         }
+        let mut outage = Duration::from_millis(100);
         loop {
-            match self.apply_once(&event).await {
+            let next = match self.try_apply(&event).await {
                 Ok(fresh) => return self.done(stream, message, fresh).await,
+                Err(Failure::Handler(e)) => self.failed(&event, &e.to_string()).await,
+                Err(Failure::Store(e)) => Err(e),
+            };
+            match next {
+                Ok(Next::Retry) => outage = Duration::from_millis(100),
+                Ok(Next::DeadLettered) => {
+                    // Recorded: acknowledged so the subscription moves on.
+                    let _ = stream.ack(message).await;
+                    return;
+                }
                 Err(e) => {
-                    if !self.failed(&event, &e.to_string()).await {
-                        // Dead-lettered: acknowledged so the subscription moves on.
-                        let _ = stream.ack(message).await;
-                        return;
-                    }
+                    // Postgres is away: nothing is counted, nothing acknowledged; wait for it.
+                    tracing::warn!(consumer = %self.name, error = %e, "store unavailable; waiting");
+                    tokio::time::sleep(outage).await;
+                    outage = (outage * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -208,46 +238,57 @@ impl EventConsumer {
 
     /// Applies the event unless the inbox already has it; answers whether it was new.
     pub async fn apply_once(&self, event: &Event) -> Result<bool, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let fresh = tx
-            .execute(
-                "INSERT INTO consumer_inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&self.name, &event.event_id],
-            )
-            .await?
-            == 1;
-        if fresh {
-            self.apply.apply(&tx, event).await?;
-        }
-        tx.commit().await?;
+        self.try_apply(event).await.map_err(|f| match f {
+            Failure::Handler(e) | Failure::Store(e) => e,
+        })
+    }
+
+    /// [`apply_once`](Self::apply_once), telling a failing handler (counted towards the dead
+    /// letter) from an unreachable store (waited out, never counted).
+    async fn try_apply(&self, event: &Event) -> Result<bool, Failure> {
+        let fresh = {
+            let mut client = self.pool.get().await.map_err(store_failure)?;
+            let tx = client.transaction().await.map_err(store_failure)?;
+            let fresh = tx
+                .execute(
+                    "INSERT INTO consumer_inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&self.name, &event.event_id],
+                )
+                .await
+                .map_err(store_failure)?
+                == 1;
+            if fresh {
+                self.apply
+                    .apply(&tx, event)
+                    .await
+                    .map_err(Failure::Handler)?;
+            }
+            tx.commit().await.map_err(store_failure)?;
+            fresh
+        };
+        // The pooled connection is back before effects outside Postgres run.
         if fresh {
             self.apply.after_commit(event).await;
         }
         Ok(fresh)
     }
 
-    /// Records a failed attempt; answers whether to try again (after a doubling wait) or,
-    /// at `max_attempts`, dead-letters the event and answers `false`.
-    async fn failed(&self, event: &Event, error: &str) -> bool {
+    /// Records a failed attempt of the handler: try again after a doubling wait, or at
+    /// `max_attempts` dead-letter the event. `Err` when the store could not record it (the
+    /// caller waits for Postgres and tries again; nothing is acknowledged).
+    async fn failed(&self, event: &Event, error: &str) -> Result<Next, StoreError> {
         metrics::counter!("events_redeliveries_total", "consumer" => self.name.clone())
             .increment(1);
         self.stats.failures.fetch_add(1, AtomicOrdering::Relaxed);
-        let attempts = match self.count_failure(event, error).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(consumer = %self.name, error = %e, "failure not recorded");
-                self.settings.max_attempts
-            }
-        };
+        let attempts = self.count_failure(event, error).await?;
         if attempts >= self.settings.max_attempts {
-            self.dead_letter(event, attempts, error).await;
-            return false;
+            self.dead_letter(event, attempts, error).await?;
+            return Ok(Next::DeadLettered);
         }
         let first = self.settings.retry_backoff_ms.max(1);
         let wait = first.saturating_mul(1 << (attempts - 1).clamp(0, 10) as u64);
         tokio::time::sleep(Duration::from_millis(wait.min(30_000))).await;
-        true
+        Ok(Next::Retry)
     }
 
     async fn count_failure(&self, event: &Event, error: &str) -> Result<i32, StoreError> {
@@ -268,7 +309,22 @@ impl EventConsumer {
     }
 
     /// Records the poison event, publishes it to the dead-letter topic and raises the alert.
-    async fn dead_letter(&self, event: &Event, attempts: i32, error: &str) {
+    async fn dead_letter(
+        &self,
+        event: &Event,
+        attempts: i32,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let payload = serde_json::to_value(event).unwrap_or_default();
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "INSERT INTO dead_letters (consumer, event_id, payload, attempts, last_error)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, event_id) DO NOTHING",
+                &[&self.name, &event.event_id, &payload, &attempts, &error],
+            )
+            .await?;
         tracing::error!(consumer = %self.name, event_id = %event.event_id, attempts, error,
             "ALERT: event dead-lettered after repeated failures");
         metrics::counter!("events_dead_letters_total", "consumer" => self.name.clone())
@@ -276,25 +332,10 @@ impl EventConsumer {
         self.stats
             .dead_letters
             .fetch_add(1, AtomicOrdering::Relaxed);
-        let payload = serde_json::to_value(event).unwrap_or_default();
-        let recorded = async {
-            self.pool
-                .get()
-                .await?
-                .execute(
-                    "INSERT INTO dead_letters (consumer, event_id, payload, attempts, last_error)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, event_id) DO NOTHING",
-                    &[&self.name, &event.event_id, &payload, &attempts, &error],
-                )
-                .await?;
-            Ok::<_, StoreError>(())
-        };
-        if let Err(e) = recorded.await {
-            tracing::error!(consumer = %self.name, error = %e, "dead letter not recorded");
-        }
         if let Err(e) = self.publish_dead_letter(&payload).await {
             tracing::warn!(consumer = %self.name, error = %e, "dead letter not published (it is recorded)");
         }
+        Ok(())
     }
 
     async fn publish_dead_letter(&self, payload: &serde_json::Value) -> Result<(), StoreError> {

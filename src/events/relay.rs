@@ -109,8 +109,10 @@ impl Relay {
             match self.round(&session.client, &mut producer).await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);
-                    if n as i64 == self.settings.relay_batch {
-                        continue; // more may be waiting: no need to be woken
+                    if n > 0 {
+                        // More may be waiting: a full batch left rows behind, and an order's
+                        // next event becomes eligible only now that its previous one is sent.
+                        continue;
                     }
                 }
                 Err(e) => {

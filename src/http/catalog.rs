@@ -146,7 +146,9 @@ pub async fn seats(
                 "seat map not available; retry shortly",
             )
         })?;
-        seq += snapshot.seq;
+        // The highest category seq: it never goes backwards (each category's starts every load
+        // above all earlier ones), and unlike a sum it stays a safe JSON integer.
+        seq = seq.max(snapshot.seq);
         categories.push(seat_map_entry(c, &snapshot));
     }
     Ok(Json(

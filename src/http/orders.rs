@@ -40,6 +40,7 @@ impl From<OrderError> for ApiError {
         match e {
             Invalid(field, reason) => ApiError::validation(field, reason),
             NoProgram => ApiError::not_found("program"),
+            ShowStarted => ApiError::new(StatusCode::CONFLICT, "SHOW_STARTED", e.to_string()),
             NotOnSale(at) => ApiError::new(
                 StatusCode::CONFLICT,
                 "NOT_ON_SALE",

@@ -117,6 +117,11 @@ impl Stores {
         let mut writer_config = postgres::pg_config(&settings.database)?;
         // Named apart, so an operator (or a test) can tell the writer's sessions in pg_stat_activity.
         writer_config.application_name("boxoffice-writer");
+        let idle_timeout = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            writer::WRITER_IDLE_IN_TRANSACTION.as_millis()
+        );
+        writer_config.options(idle_timeout);
         let writer_pg = postgres::pool_from_config(
             writer_config,
             writer.shards * writer.writers,

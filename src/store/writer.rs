@@ -52,6 +52,10 @@ pub struct WriterStats {
     pub retried: AtomicU64,
 }
 
+/// The writer's sessions abort a transaction left idle this long (`Stores::connect` sets it):
+/// a batch whose COMMIT never reached the server must not hold its seat locks for hours.
+pub const WRITER_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+
 /// Attempts per batch when Postgres aborts it to break a deadlock or a serialization conflict:
 /// the abort rolled the whole batch back and its seats are still reserved by their actors, so
 /// running it again is safe; past this the batch fails (its orders answer 503).
@@ -266,7 +270,11 @@ async fn write_and_resolve(pool: &PgPool, batch: &[Job]) -> Result<JobResults, S
 /// `txid_status` of the batch's transaction, asked on a fresh connection until it is no longer
 /// in progress: `Some(committed)`, or `None` if Postgres cannot tell within a few seconds.
 async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool> {
-    for _ in 0..100 {
+    // Bounded: the writer's sessions end an idle transaction after
+    // `WRITER_IDLE_IN_TRANSACTION` (a COMMIT that never arrived then reads as aborted), and a
+    // shard must not stall longer than that on one lost answer.
+    let deadline = tokio::time::Instant::now() + WRITER_IDLE_IN_TRANSACTION * 2;
+    while tokio::time::Instant::now() < deadline {
         let status = async {
             let client = pool.get().await?;
             let row = client

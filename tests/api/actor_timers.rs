@@ -118,6 +118,7 @@ impl TimerRig {
         let settle = Settle {
             order_no,
             outcome: Outcome::Committed,
+            change: None,
         };
         assert!(
             actor.send(settle).await.unwrap(),

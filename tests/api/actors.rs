@@ -674,6 +674,7 @@ async fn a_full_mailbox_refuses_new_work_but_never_a_settle() {
     let settle = Settle {
         order_no: 500,
         outcome: Outcome::Committed,
+        change: None,
     };
     assert_eq!(supervisor.settle(rig.ga, settle).await, Ok(true));
     gate.send_replace(true);
@@ -812,6 +813,7 @@ async fn a_reservation_committed_after_it_was_abandoned_makes_the_actor_reload()
             Settle {
                 order_no: 9,
                 outcome: Outcome::Committed,
+                change: None,
             },
         )
         .await;
@@ -955,6 +957,7 @@ async fn a_dropped_reservation_is_republished_in_the_counts() {
     let settled = Settle {
         order_no: 21,
         outcome: Outcome::NotCommitted,
+        change: None,
     };
     assert!(rig.supervisor.call(rig.ga, settled).await.unwrap());
     // Read what readers see (the published snapshot), without messaging the actor.
@@ -970,4 +973,39 @@ async fn a_dropped_reservation_is_republished_in_the_counts() {
         published, GA_CAPACITY,
         "the freed tickets reach the published seat map"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_actor_adopts_a_hold_committed_for_its_predecessor() {
+    let rig = rig().await;
+    let reserved = rig
+        .supervisor
+        .call(
+            rig.seated,
+            Reserve(hold(31, Selection::Best(2), Duration::minutes(15))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // The reserving actor goes away; its replacement loads before the order commits.
+    rig.supervisor.unload(rig.seated).await;
+    assert_eq!(rig.snapshot(rig.seated).await.counts.held, 0);
+    rig.store
+        .inner
+        .apply(reserved.change.clone())
+        .await
+        .unwrap();
+    let settle = Settle {
+        order_no: 31,
+        outcome: Outcome::Committed,
+        change: Some(reserved.change.clone()),
+    };
+    assert_eq!(rig.supervisor.settle(rig.seated, settle).await, Ok(false));
+    let stats = rig.supervisor.call(rig.seated, GetStats).await.unwrap();
+    assert_eq!(stats.counts.held, 2, "the committed hold is in memory");
+    assert_eq!(
+        stats.totals.holds, 1,
+        "adopted by the running actor, not found by a reload"
+    );
+    assert_eq!(stats.armed_timers, 1, "with its expiry timer");
 }

@@ -320,7 +320,13 @@ async fn an_admin_edit_invalidates_every_cache_level_on_every_node() {
 #[tokio::test]
 async fn cache_hits_send_nothing_to_postgres() {
     let proxy = TcpCut::start(pg_addr()).await;
-    let app = spawn_app_behind(&proxy).await;
+    // Only requests may talk to Postgres here: no relay, consumers or sweeps in the background.
+    let app = spawn_app_behind(&proxy, |s| {
+        s.events.relay = false;
+        s.events.consumers = false;
+        s.actors.live_holds_sweep_secs = 0;
+    })
+    .await;
     let (_, token) = signed_in_admin(&app).await;
     let id = create(&app, &token, &program("Cached", "Beijing", "Pop", 5)).await["id"]
         .as_i64()

@@ -225,8 +225,8 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts a server whose PostgreSQL connections all go through `proxy`.
-pub async fn spawn_app_behind(proxy: &TcpCut) -> TestApp {
+/// Starts a server whose PostgreSQL connections all go through `proxy`, after `customize`.
+pub async fn spawn_app_behind(proxy: &TcpCut, customize: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_with(|s| {
         let url = s
             .database
@@ -234,6 +234,7 @@ pub async fn spawn_app_behind(proxy: &TcpCut) -> TestApp {
             .expose_secret()
             .replace(&pg_addr().to_string(), &proxy.addr.to_string());
         s.database.url = SecretString::from(url);
+        customize(s);
     })
     .await
 }
@@ -453,7 +454,8 @@ pub async fn create_program(
         per_order_limit: 4,
         per_account_limit: 4,
         on_sale_at: chrono::Utc::now(),
-        show_times: vec![chrono::Utc::now()],
+        // On sale now, the show a month away (a show that has begun is no longer sold).
+        show_times: vec![chrono::Utc::now() + chrono::Duration::days(30)],
         categories: tiers
             .iter()
             .map(|(name, price, layout)| NewTicketCategory {
@@ -492,9 +494,13 @@ pub async fn hold_via(
         Ok(()) => Outcome::Committed,
         Err(_) => Outcome::NotCommitted,
     };
-    supervisor
-        .settle(category, Settle { order_no, outcome })
-        .await?;
+    let change = Some(reserved.change.clone());
+    let settle = Settle {
+        order_no,
+        outcome,
+        change,
+    };
+    supervisor.settle(category, settle).await?;
     written.map_err(|e| ActorError::CommitFailed(e.to_string()))?;
     Ok(reserved.held)
 }

@@ -40,12 +40,31 @@ async fn counts(app: &crate::helpers::TestApp, program: i64, category: i64) -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_whose_commit_answer_was_lost_is_acknowledged_and_stays_held() {
     let proxy = TcpCut::start(pg_addr()).await;
-    let app = spawn_app_behind(&proxy).await;
+    let app = spawn_app_behind(&proxy, |_| {}).await;
     let (program, _, floor) = on_sale(&app, 4, 8).await;
     let crowd = buyers(&app, 1, 2).await;
     let body = json!({"program_id": program, "ticket_buyer_ids": crowd[0].buyers,
                       "ticket_category_id": floor, "quantity": 2});
     assert_eq!(counts(&app, program, floor).await, (30, 0));
+    // Nothing else may commit between arming the trap and the order: wait until the consumers
+    // have handled every event so far (the program's creation).
+    let settled = poll_until(
+        Duration::from_secs(10),
+        async || -> i64 {
+            let sql = "SELECT count(*) FROM outbox WHERE reconcile_status = 'unreconciled'";
+            app.pg
+                .get()
+                .await
+                .unwrap()
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get(0)
+        },
+        |n| *n == 0,
+    )
+    .await;
+    assert_eq!(settled, 0);
     // The writer's COMMIT reaches Postgres; its answer never comes back.
     proxy.sever_after_next_commit();
     let r = order(&app, &crowd[0].token, "lost-answer", &body).await;
@@ -385,4 +404,26 @@ async fn two_show_times_sell_the_same_seat_independently() {
         .await;
         assert_eq!(stored, Some(night), "the order says which night it is for");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_show_that_has_started_is_no_longer_sold() {
+    let app = spawn_app().await;
+    let (program, _, floor) = on_sale(&app, 2, 4).await;
+    // Before anything reads (and caches) the program: its only show began an hour ago.
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE show_times SET starts_at = now() - interval '1 hour' WHERE program_id = $1",
+            &[&program],
+        )
+        .await
+        .unwrap();
+    let crowd = buyers(&app, 1, 1).await;
+    let body = json!({"program_id": program, "ticket_buyer_ids": crowd[0].buyers,
+                      "ticket_category_id": floor, "quantity": 1});
+    let r = order(&app, &crowd[0].token, "late", &body).await;
+    assert_eq!(code(r).await, (409, "SHOW_STARTED".into()));
 }
