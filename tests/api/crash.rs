@@ -20,14 +20,32 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A server process, killed (-9) when dropped: a failing test must not leave it running.
+struct Server(Child);
+
+impl Server {
+    /// `kill -9` and reap.
+    fn kill(&mut self) -> std::io::Result<()> {
+        let killed = self.0.kill();
+        let _ = self.0.wait();
+        killed
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
 /// The real binary with this test's database, prefixes and port (no config file).
-fn start_server(settings: &Settings, port: u16) -> Child {
+fn start_server(settings: &Settings, port: u16) -> Server {
     start_server_with(settings, port, &[])
 }
 
 /// [`start_server`] with extra `BOXOFFICE__…` settings.
-fn start_server_with(settings: &Settings, port: u16, extra: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+fn start_server_with(settings: &Settings, port: u16, extra: &[(&str, &str)]) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_boxoffice"))
         .arg("serve")
         .envs(extra.iter().copied())
         .env("BOXOFFICE_CONFIG", "/nonexistent/boxoffice.toml")
@@ -46,7 +64,8 @@ fn start_server_with(settings: &Settings, port: u16, extra: &[(&str, &str)]) -> 
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start the boxoffice binary")
+        .expect("start the boxoffice binary");
+    Server(child)
 }
 
 async fn wait_healthy(http: &reqwest::Client, base: &str) {
@@ -122,7 +141,6 @@ async fn every_acknowledged_order_survives_kill_9() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     server.kill().expect("kill -9");
-    let _ = server.wait();
     futures::future::join_all(clients).await;
     let acked = acknowledged.lock().unwrap().clone();
     assert!(
@@ -181,7 +199,6 @@ async fn every_acknowledged_order_survives_kill_9() {
         "actor and Postgres disagree"
     );
     restarted.kill().unwrap();
-    let _ = restarted.wait();
 }
 
 /// After a crash, a hold in a category nobody touches still expires on time: the new process
@@ -217,7 +234,6 @@ async fn a_hold_in_an_untouched_category_expires_on_time_after_a_restart() {
     assert_eq!(placed.status(), 201);
     let order: Value = placed.json().await.unwrap();
     server.kill().expect("kill -9");
-    let _ = server.wait();
 
     let mut restarted = start_server_with(&settings, port, &window);
     wait_healthy(&http, &base).await;
@@ -250,5 +266,4 @@ async fn a_hold_in_an_untouched_category_expires_on_time_after_a_restart() {
     );
     assert_eq!(state.2, 0, "its tickets are back");
     restarted.kill().unwrap();
-    let _ = restarted.wait();
 }
