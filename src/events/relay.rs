@@ -186,14 +186,16 @@ async fn wait_or_stop(
 }
 
 /// An outbox row on its way out.
-struct Outgoing {
-    id: i64,
+pub(crate) struct Outgoing {
+    /// The outbox row.
+    pub(crate) id: i64,
     key: String,
     event: Event,
 }
 
 /// Unsent rows, oldest first, at most one per order: the oldest unsent one of each.
-async fn pending(client: &Client, limit: i64) -> Result<Vec<Outgoing>, StoreError> {
+/// (`bench events` runs its one-at-a-time baseline on this same selection.)
+pub(crate) async fn pending(client: &Client, limit: i64) -> Result<Vec<Outgoing>, StoreError> {
     let rows = client
         .query(
             "SELECT ob.id, ob.message_key, ob.event_id, ob.event_type, ob.order_no, ob.program_id,
@@ -233,13 +235,7 @@ async fn publish(
     let mut receipts = Vec::with_capacity(events.len());
     let mut failed = Vec::new();
     for out in events {
-        let message = producer::Message {
-            payload: serde_json::to_vec(&out.event).unwrap_or_default(),
-            partition_key: Some(out.key.clone()),
-            event_time: Some(out.event.occurred_at.timestamp_millis() as u64),
-            ..Default::default()
-        };
-        match producer.send_non_blocking(message).await {
+        match producer.send_non_blocking(message(out)).await {
             Ok(receipt) => receipts.push((out.id, receipt)),
             Err(e) => {
                 tracing::warn!(id = out.id, error = %e, "outbox row not sent");
@@ -263,7 +259,18 @@ async fn publish(
     (sent, failed)
 }
 
-fn message_id(receipt: &pulsar::CommandSendReceipt) -> String {
+/// The Pulsar message of an outbox row: the event as JSON, keyed by order.
+pub(crate) fn message(out: &Outgoing) -> producer::Message {
+    producer::Message {
+        payload: serde_json::to_vec(&out.event).unwrap_or_default(),
+        partition_key: Some(out.key.clone()),
+        event_time: Some(out.event.occurred_at.timestamp_millis() as u64),
+        ..Default::default()
+    }
+}
+
+/// The broker's id of a published message, `ledger:entry`, as stored in `outbox.message_id`.
+pub(crate) fn message_id(receipt: &pulsar::CommandSendReceipt) -> String {
     receipt
         .message_id
         .as_ref()
@@ -272,7 +279,11 @@ fn message_id(receipt: &pulsar::CommandSendReceipt) -> String {
 }
 
 /// Marks what the broker acknowledged and counts the attempts of what it did not.
-async fn mark(client: &Client, sent: &[(i64, String)], failed: &[i64]) -> Result<(), StoreError> {
+pub(crate) async fn mark(
+    client: &Client,
+    sent: &[(i64, String)],
+    failed: &[i64],
+) -> Result<(), StoreError> {
     let (ids, message_ids): (Vec<i64>, Vec<String>) = sent.iter().cloned().unzip();
     client
         .execute(
