@@ -245,6 +245,47 @@ impl Server {
     }
 }
 
+/// A target from the issue and how this run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// Required value.
+    pub required: f64,
+    /// Measured value.
+    pub measured: f64,
+    /// `measured >= required`.
+    pub met: bool,
+}
+
+impl Target {
+    /// `name` measured against `required` (met when at least as high).
+    pub fn judge(name: String, required: f64, measured: f64) -> Target {
+        Target {
+            name,
+            required,
+            measured,
+            met: measured >= required,
+        }
+    }
+}
+
+/// One line per target: required, measured, met or MISSED.
+pub fn render_targets(targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(|t| {
+            format!(
+                "target {:<38} required >= {:<5} measured {:>8.2}  {}\n",
+                t.name,
+                t.required,
+                t.measured,
+                if t.met { "met" } else { "MISSED" }
+            )
+        })
+        .collect()
+}
+
 /// `a / b`, or 0 when `b` is 0 (a run without throughput has no meaningful ratio).
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
