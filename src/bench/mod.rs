@@ -7,11 +7,14 @@
 //! - [`catalog`] — program detail and list over HTTP with a warm cache against no cache.
 //! - [`ordering`] — buyers racing over HTTP for a hot category: group commit against one
 //!   transaction per order.
+//! - [`events`] — the outbox relay batched against one publish at a time, ordering with the
+//!   relay and consumers running against stopped, and the commit-to-consumer delay.
 //!
 //! Shared here: server CPU accounting from `/proc` ([`cpu`]) and latency percentiles.
 
 pub mod catalog;
 pub mod cpu;
+pub mod events;
 pub mod ordering;
 pub mod seat_hold;
 pub mod targets;
