@@ -111,6 +111,28 @@ enum BenchCommand {
         #[arg(long, default_value = "bench-results/ordering.json")]
         out: PathBuf,
     },
+    /// Order events: the outbox relay (batched) vs one awaited publish at a time; ordering
+    /// throughput with the relay and consumers running vs stopped; commit-to-consumer delay.
+    Events {
+        /// Outbox rows drained per relay round (two events per order).
+        #[arg(long, default_value_t = 20_000)]
+        rows: i64,
+        /// Rounds per mode, in both parts.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Buyers racing per ordering round (one seat each).
+        #[arg(long, default_value_t = 2_000)]
+        buyers: usize,
+        /// Rows of 40 seats in each ordering round's hot category.
+        #[arg(long, default_value_t = 25)]
+        seat_rows: i32,
+        /// Concurrent HTTP clients of the ordering part.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "bench-results/events.json")]
+        out: PathBuf,
+    },
     /// Program detail and list over HTTP: a server with a warm cache vs one with caching
     /// disabled, alternating rounds, on a scratch copy of the demo data.
     Catalog {
@@ -263,6 +285,28 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
             };
             let report = bench::ordering::run(&settings, &opts).await?;
             publish(&out, &report, &bench::ordering::render(&report))?;
+            anyhow::ensure!(
+                report.valid,
+                "a round broke an invariant; the results are invalid"
+            );
+        }
+        BenchCommand::Events {
+            rows,
+            rounds,
+            buyers,
+            seat_rows,
+            concurrency,
+            out,
+        } => {
+            let opts = bench::events::Options {
+                rows,
+                rounds,
+                buyers,
+                seat_rows,
+                concurrency,
+            };
+            let report = bench::events::run(&settings, &opts).await?;
+            publish(&out, &report, &bench::events::render(&report))?;
             anyhow::ensure!(
                 report.valid,
                 "a round broke an invariant; the results are invalid"

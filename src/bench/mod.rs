@@ -7,11 +7,14 @@
 //! - [`catalog`] — program detail and list over HTTP with a warm cache against no cache.
 //! - [`ordering`] — buyers racing over HTTP for a hot category: group commit against one
 //!   transaction per order.
+//! - [`events`] — the outbox relay batched against one publish at a time, ordering with the
+//!   relay and consumers running against stopped, and the commit-to-consumer delay.
 //!
 //! Shared here: server CPU accounting from `/proc` ([`cpu`]) and latency percentiles.
 
 pub mod catalog;
 pub mod cpu;
+pub mod events;
 pub mod ordering;
 pub mod seat_hold;
 pub mod targets;
@@ -243,6 +246,47 @@ impl Server {
             tracing::warn!(error = %e, "benchmark server stopped with an error");
         }
     }
+}
+
+/// A target from the issue and how this run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// Required value.
+    pub required: f64,
+    /// Measured value.
+    pub measured: f64,
+    /// `measured >= required`.
+    pub met: bool,
+}
+
+impl Target {
+    /// `name` measured against `required` (met when at least as high).
+    pub fn judge(name: String, required: f64, measured: f64) -> Target {
+        Target {
+            name,
+            required,
+            measured,
+            met: measured >= required,
+        }
+    }
+}
+
+/// One line per target: required, measured, met or MISSED.
+pub fn render_targets(targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(|t| {
+            format!(
+                "target {:<38} required >= {:<5} measured {:>8.2}  {}\n",
+                t.name,
+                t.required,
+                t.measured,
+                if t.met { "met" } else { "MISSED" }
+            )
+        })
+        .collect()
 }
 
 /// `a / b`, or 0 when `b` is 0 (a run without throughput has no meaningful ratio).

@@ -45,7 +45,8 @@ impl Default for Options {
     }
 }
 
-const SEATS_PER_ROW: i32 = 40;
+/// Seats per row of the hot category.
+pub(super) const SEATS_PER_ROW: i32 = 40;
 
 /// The JSON summary (`bench-results/ordering.json`).
 #[derive(Debug, Clone, Serialize)]
@@ -86,7 +87,7 @@ pub struct ModeRun {
 }
 
 /// A buyer: token and their one ticket buyer.
-struct Racer {
+pub(super) struct Racer {
     token: String,
     ticket_buyer: i64,
 }
@@ -139,19 +140,9 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
     for round in 0..opts.rounds as usize {
         for k in 0..modes.len() {
             let m = (k + round) % modes.len();
-            let (program, category) =
-                hot_program(&pool, opts.rows, &format!("{}-{round}", modes[m].0)).await?;
-            let outcome = race(&http, &modes[m].1, &racers, program, category, opts, round).await;
-            let violations = check(&pool, category, opts.rows * SEATS_PER_ROW, &outcome).await?;
-            eprintln!(
-                "round {} {:<23} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, violations: {}",
-                round + 1,
-                modes[m].0,
-                outcome.ok,
-                outcome.sellout_secs,
-                ratio(outcome.ok as f64, outcome.sellout_secs),
-                violations.len()
-            );
+            let (mode, base) = (modes[m].0, &modes[m].1);
+            let (outcome, violations) =
+                sell_out(&pool, &http, base, &racers, opts, mode, round).await?;
             totals.entry(m).or_default().add(outcome, violations);
         }
     }
@@ -169,7 +160,8 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
 /// literal baseline ("the writer committing each order in its own transaction").
 const MODES: [&str; 3] = ["group_commit", "per_order_tx", "per_order_tx_one_writer"];
 
-async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+/// Waits until the server at `base` answers `GET /healthz`.
+pub(super) async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
         if http
             .get(format!("{base}/healthz"))
@@ -186,7 +178,11 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
 
 /// `n` accounts with one passport-holder each and tokens signed with the server's key, written
 /// in bulk (the accounts API is not what is measured).
-async fn mint_racers(pool: &PgPool, settings: &Settings, n: usize) -> anyhow::Result<Vec<Racer>> {
+pub(super) async fn mint_racers(
+    pool: &PgPool,
+    settings: &Settings,
+    n: usize,
+) -> anyhow::Result<Vec<Racer>> {
     let keys = TokenKeys::new(&settings.secrets.jwt_key, 24 * 3600);
     let cipher = IdNumberCipher::new(settings.secrets.id_number_key_bytes()?);
     let client = pool.get().await?;
@@ -267,10 +263,38 @@ async fn hot_program(pool: &PgPool, rows: i32, tag: &str) -> anyhow::Result<(i64
     Ok((id, category))
 }
 
+/// One round of the workload on the server at `base`: a fresh hot program (named after `mode`
+/// and `round`), every racer once, then the invariant check; logs a line to stderr. Answers
+/// the race and its violations.
+pub(super) async fn sell_out(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    base: &str,
+    racers: &Arc<Vec<Racer>>,
+    opts: &Options,
+    mode: &str,
+    round: usize,
+) -> anyhow::Result<(RaceOutcome, Vec<String>)> {
+    let (program, category) = hot_program(pool, opts.rows, &format!("{mode}-{round}")).await?;
+    let outcome = race(http, base, racers, program, category, opts, round).await;
+    let violations = check(pool, category, opts.rows * SEATS_PER_ROW, &outcome).await?;
+    eprintln!(
+        "round {} {:<23} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, violations: {}",
+        round + 1,
+        mode,
+        outcome.ok,
+        outcome.sellout_secs,
+        ratio(outcome.ok as f64, outcome.sellout_secs),
+        violations.len()
+    );
+    Ok((outcome, violations))
+}
+
 /// What one race did.
 #[derive(Default)]
-struct RaceOutcome {
-    ok: u64,
+pub(super) struct RaceOutcome {
+    /// 201s.
+    pub(super) ok: u64,
     sold_out: u64,
     errors: u64,
     sellout_secs: f64,
@@ -375,15 +399,17 @@ async fn trivial_rps(http: &reqwest::Client, base: &str, opts: &Options) -> f64 
     ratio(load.ok as f64, load.secs)
 }
 
+/// One mode's rounds, summed.
 #[derive(Default)]
-struct Totals {
+pub(super) struct Totals {
     rounds: u32,
     race: RaceOutcome,
     violations: Vec<String>,
 }
 
 impl Totals {
-    fn add(&mut self, r: RaceOutcome, violations: Vec<String>) {
+    /// Adds a round.
+    pub(super) fn add(&mut self, r: RaceOutcome, violations: Vec<String>) {
         self.rounds += 1;
         self.race.ok += r.ok;
         self.race.sold_out += r.sold_out;
@@ -392,22 +418,27 @@ impl Totals {
         self.race.latencies.merge(r.latencies);
         self.violations.extend(violations);
     }
+
+    /// The summary of these rounds as `mode`.
+    pub(super) fn into_run(mut self, mode: &str) -> ModeRun {
+        ModeRun {
+            mode: mode.to_string(),
+            orders: self.race.ok,
+            sold_out: self.race.sold_out,
+            errors: self.race.errors,
+            orders_per_sec: ratio(self.race.ok as f64, self.race.sellout_secs),
+            sellout_secs: self.race.sellout_secs / f64::from(self.rounds.max(1)),
+            p50_us: self.race.latencies.percentile(50.0),
+            p99_us: self.race.latencies.percentile(99.0),
+            violations: self.violations,
+        }
+    }
 }
 
 fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivial: f64) -> Report {
     let runs: Vec<ModeRun> = totals
         .into_iter()
-        .map(|(m, mut t)| ModeRun {
-            mode: modes[m].to_string(),
-            orders: t.race.ok,
-            sold_out: t.race.sold_out,
-            errors: t.race.errors,
-            orders_per_sec: ratio(t.race.ok as f64, t.race.sellout_secs),
-            sellout_secs: t.race.sellout_secs / f64::from(t.rounds.max(1)),
-            p50_us: t.race.latencies.percentile(50.0),
-            p99_us: t.race.latencies.percentile(99.0),
-            violations: t.violations,
-        })
+        .map(|(m, t)| t.into_run(modes[m]))
         .collect();
     let rate = |mode: &str| {
         runs.iter()
@@ -450,11 +481,24 @@ fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivi
 
 /// A human-readable table of the report.
 pub fn render(report: &Report) -> String {
+    let mut out = render_runs(&report.runs);
+    out += &format!(
+        "trivial endpoint (GET /healthz): {:.0} req/s\n",
+        report.trivial_requests_per_sec
+    );
+    for (k, v) in &report.ratios {
+        out += &format!("ratio {k}: {v:.2}\n");
+    }
+    out
+}
+
+/// The table of the modes' runs.
+pub(super) fn render_runs(runs: &[ModeRun]) -> String {
     let mut out = format!(
         "ordering: {:<23} {:>7} {:>9} {:>10} {:>9} {:>9} {:>6}\n",
         "mode", "orders", "orders/s", "sellout s", "p50 µs", "p99 µs", "valid"
     );
-    for r in &report.runs {
+    for r in runs {
         out += &format!(
             "          {:<23} {:>7} {:>9.0} {:>10.2} {:>9} {:>9} {:>6}\n",
             r.mode,
@@ -465,13 +509,6 @@ pub fn render(report: &Report) -> String {
             r.p99_us,
             r.violations.is_empty()
         );
-    }
-    out += &format!(
-        "trivial endpoint (GET /healthz): {:.0} req/s\n",
-        report.trivial_requests_per_sec
-    );
-    for (k, v) in &report.ratios {
-        out += &format!("ratio {k}: {v:.2}\n");
     }
     out
 }

@@ -18,7 +18,7 @@
 //! outside the measured time and the round goes on until it has measured its full length.
 
 use super::targets::{ActorTarget, HoldOutcome, HoldTarget, PgHoldTarget, PgMode, RedisLuaTarget};
-use super::{Latencies, cpu, ratio};
+use super::{Latencies, Target, cpu, ratio, render_targets};
 use crate::config::Settings;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -122,19 +122,6 @@ pub struct RunSummary {
     pub valid: bool,
     /// What broke, if anything.
     pub violations: Vec<String>,
-}
-
-/// A target from the issue and how this run did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Target {
-    /// What is compared.
-    pub name: String,
-    /// Required value.
-    pub required: f64,
-    /// Measured value.
-    pub measured: f64,
-    /// `measured >= required`.
-    pub met: bool,
 }
 
 /// Runs the benchmark against the configured Redis and Postgres (a scratch database
@@ -449,12 +436,7 @@ fn judge(ratios: &BTreeMap<String, f64>, flatness: &BTreeMap<String, f64>) -> Ve
             } else {
                 format!("ratios.{key}")
             };
-            Some(Target {
-                name,
-                required,
-                measured,
-                met: measured >= required,
-            })
+            Some(Target::judge(name, required, measured))
         })
         .collect()
 }
@@ -482,15 +464,7 @@ pub fn render(report: &Report) -> String {
             r.valid
         );
     }
-    for t in &report.targets {
-        out += &format!(
-            "target {:<30} required >= {:<5} measured {:>8.2}  {}\n",
-            t.name,
-            t.required,
-            t.measured,
-            if t.met { "met" } else { "MISSED" }
-        );
-    }
+    out += &render_targets(&report.targets);
     out
 }
 

@@ -1,5 +1,6 @@
-//! `boxoffice bench seat-hold` in miniature: every design runs against the real stores, the
-//! invariant checks pass, and the summary has the shape the README documents.
+//! The benchmarks in miniature (`boxoffice bench seat-hold`, `catalog`, `ordering`, `events`):
+//! every design runs against the real stores, the invariant checks pass, and the summary has the
+//! shape the README documents. Never timing assertions: the machine is shared.
 
 use crate::helpers::{TestDb, test_settings};
 use boxoffice::bench::seat_hold::{Options, render, run};
@@ -90,4 +91,71 @@ async fn ordering_bench_sells_out_in_every_mode_without_oversell() {
         assert_eq!((r.orders, r.sold_out, r.errors), (40, 20, 0), "{r:?}");
     }
     assert!(report.trivial_requests_per_sec > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_bench_compares_relay_modes_and_ordering_with_events_on_and_off() {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.name);
+    let opts = boxoffice::bench::events::Options {
+        rows: 40,
+        rounds: 1,
+        buyers: 30,
+        seat_rows: 1,
+        concurrency: 4,
+    };
+    let report = boxoffice::bench::events::run(&settings, &opts)
+        .await
+        .expect("bench runs");
+    assert!(report.valid, "{report:?}");
+    let json = serde_json::to_value(&report).expect("report serializes");
+    for field in [
+        "config",
+        "relay",
+        "ordering",
+        "catch_up_secs",
+        "delay",
+        "ratios",
+        "targets",
+        "valid",
+    ] {
+        assert!(json.get(field).is_some(), "{field} missing: {json}");
+    }
+    let modes = |part: &str| -> Vec<String> {
+        json[part]
+            .as_array()
+            .expect("a list of runs")
+            .iter()
+            .map(|r| r["mode"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(modes("relay"), ["batched", "one_at_a_time"]);
+    assert_eq!(
+        modes("ordering"),
+        ["events_running", "events_stopped", "relay_only"]
+    );
+    for r in &report.relay {
+        assert_eq!(r.rows, 40, "{r:?}");
+    }
+    for r in &report.ordering {
+        assert_eq!((r.orders, r.errors), (30, 0), "{r:?}");
+    }
+    assert_eq!(report.delay.events, 30, "{:?}", report.delay);
+    for key in ["duplicates", "p50_ms", "p99_ms", "max_ms"] {
+        assert!(json["delay"].get(key).is_some(), "delay.{key} missing");
+    }
+    for mode in ["events_running", "relay_only"] {
+        assert!(
+            report.catch_up_secs.contains_key(mode),
+            "catch-up of {mode}"
+        );
+    }
+    for key in [
+        "relay_batched_vs_one_at_a_time",
+        "ordering_running_vs_stopped",
+        "ordering_relay_only_vs_stopped",
+    ] {
+        assert!(report.ratios.contains_key(key), "ratio {key} missing");
+    }
+    assert_eq!(report.targets.len(), 2);
 }

@@ -63,8 +63,15 @@ impl Tap {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         let task = tokio::spawn(async move {
+            // pulsar-lite delivers a message again when it was published in a burst (same
+            // message id, see docs/pulsar-lite.md): that is the broker's at-least-once delivery,
+            // not a second publish, which would carry a new message id and is still recorded.
+            let mut delivered = std::collections::HashSet::new();
             while let Some(Ok(message)) = consumer.next().await {
+                let id = &message.message_id.id;
+                let first = delivered.insert((id.ledger_id, id.entry_id, id.batch_index));
                 if let Ok(event) = serde_json::from_slice::<Event>(&message.payload.data)
+                    && first
                     && event.is_order_event()
                 {
                     sink.lock().unwrap().push(event);
