@@ -7,7 +7,7 @@
 //!        ◄──WS───  http::ws  ◄──── seat deltas (coalesced, serialized once) ◄──────┤
 //!                                                                                   │ committed changes
 //!                                                        store (group commit) ──► PostgreSQL (truth)
-//!                                                        outbox relay ──► Pulsar ──► consumers (not yet)
+//!                                                        outbox relay ──► Pulsar ──► consumers
 //!  Redis (fred): sessions, rate limits, read-model mirror (not yet). Redis never decides.
 //! ```
 //!
