@@ -75,14 +75,6 @@ impl Apply for Bookkeeping {
 pub struct Notifications(pub Hub);
 
 impl Apply for Notifications {
-    fn apply<'a>(
-        &'a self,
-        _tx: &'a deadpool_postgres::Transaction<'a>,
-        _event: &'a Event,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn after_commit<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, ()> {
         self.0.publish(event);
         Box::pin(async {})
@@ -99,14 +91,6 @@ impl Apply for Notifications {
 pub struct CatalogInvalidation(pub CatalogCache);
 
 impl Apply for CatalogInvalidation {
-    fn apply<'a>(
-        &'a self,
-        _tx: &'a deadpool_postgres::Transaction<'a>,
-        _event: &'a Event,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn after_commit<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if let Some(program_id) = event.program_id {

@@ -51,12 +51,15 @@ pub const DEAD_LETTER_TOPIC: &str = "order-events-dlq";
 
 /// What one purpose does with an event.
 pub trait Apply: Send + Sync + 'static {
-    /// Changes to Postgres, inside the transaction that records the event in the inbox.
+    /// Changes to Postgres, inside the transaction that records the event in the inbox. None
+    /// by default: purposes whose effect is outside Postgres only need the inbox record.
     fn apply<'a>(
         &'a self,
-        tx: &'a deadpool_postgres::Transaction<'a>,
-        event: &'a Event,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+        _tx: &'a deadpool_postgres::Transaction<'a>,
+        _event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Effects outside Postgres, after the commit: at most once per event, like `apply`.
     fn after_commit<'a>(&'a self, _event: &'a Event) -> BoxFuture<'a, ()> {
