@@ -66,6 +66,29 @@ struct Live {
     last_used_ms: AtomicU64,
     passivating: AtomicBool,
     snapshot: watch::Receiver<Arc<CategorySnapshot>>,
+    /// Weak, so the channel closes when the actor (the only strong sender) ends: a watcher then
+    /// knows to attach to its replacement.
+    deltas: broadcast::WeakSender<Arc<Delta>>,
+    /// Messages delivered to the actor (requests and reports), for the admin stream and to show
+    /// that readers never message it.
+    messages: AtomicU64,
+}
+
+/// A category's published seat map and its committed deltas, from [`Supervisor::watch`].
+pub struct Watched {
+    /// The latest published snapshot; changes at most every `actors.snapshot_interval_ms`.
+    pub snapshot: watch::Receiver<Arc<CategorySnapshot>>,
+    /// Every committed delta from the moment of the call.
+    pub deltas: broadcast::Receiver<Arc<Delta>>,
+}
+
+impl Live {
+    /// Someone follows this actor's deltas (a live seat map is open), so it is not idle.
+    fn watched(&self) -> bool {
+        self.deltas
+            .upgrade()
+            .is_some_and(|sender| sender.receiver_count() > 0)
+    }
 }
 
 /// Decrements the in-flight count when the call ends, however it ends.
@@ -159,6 +182,7 @@ impl Supervisor {
             let _guard = InFlight(&live.in_flight);
             live.last_used_ms
                 .store(self.inner.elapsed_ms(), Ordering::Relaxed);
+            live.messages.fetch_add(1, Ordering::Relaxed);
             match live.addr.send(msg.clone()).await {
                 Ok(answer) => return Ok(answer),
                 Err(_) => {
@@ -227,12 +251,32 @@ impl Supervisor {
         Ok(snapshot)
     }
 
-    /// Snapshot plus every committed delta after it.
-    pub async fn subscribe(
-        &self,
-        category_id: i64,
-    ) -> Result<(Arc<CategorySnapshot>, broadcast::Receiver<Arc<Delta>>), ActorError> {
-        self.call(category_id, Subscribe).await
+    /// The category's published snapshots and every committed delta from now on, without
+    /// messaging the actor (activating it if needed). The snapshot may be older than the first
+    /// delta received; deltas carry `seq` so the watcher can tell (see `realtime::feed`). Both
+    /// close when this actor ends; the watcher then calls again for its replacement. An actor
+    /// with watchers is not passivated.
+    pub async fn watch(&self, category_id: i64) -> Result<Watched, ActorError> {
+        loop {
+            let (slot, live) = self.live(category_id).await?;
+            if let Some(sender) = live.deltas.upgrade() {
+                let deltas = sender.subscribe();
+                return Ok(Watched {
+                    snapshot: live.snapshot.clone(),
+                    deltas,
+                });
+            }
+            self.inner.forget(category_id, &slot);
+        }
+    }
+
+    /// Messages delivered to the category's current actor so far (0 when none is active).
+    pub fn messages_delivered(&self, category_id: i64) -> u64 {
+        self.inner
+            .slots
+            .get(&category_id)
+            .and_then(|s| s.live.get().map(|l| l.messages.load(Ordering::Relaxed)))
+            .unwrap_or(0)
     }
 
     /// Calls queued at or running in the category's actor right now (its mailbox depth as the
@@ -251,7 +295,10 @@ impl Supervisor {
         let Some(slot) = self.inner.slots.get(&category_id).map(|s| s.clone()) else {
             return;
         };
-        if let Some(live) = slot.live.get() {
+        // An activation in progress finishes first: dropping its slot meanwhile would orphan the
+        // actor it starts — running, unreachable, and beside the next one for the category.
+        let activation = activate(self.inner.clone(), category_id);
+        if let Ok(live) = slot.live.get_or_try_init(|| activation).await {
             live.passivating.store(true, Ordering::Release);
             let _ = live.addr.send(Unload).await;
         }
@@ -340,6 +387,7 @@ async fn activate(inner: Arc<Inner>, category_id: i64) -> Result<Arc<Live>, Acto
         inner.clock.clone(),
         inner.settings.clone(),
     );
+    let weak_deltas = deltas.downgrade();
     let channels = Channels {
         snapshot: snapshot_tx,
         deltas,
@@ -355,6 +403,8 @@ async fn activate(inner: Arc<Inner>, category_id: i64) -> Result<Arc<Live>, Acto
         last_used_ms: AtomicU64::new(inner.elapsed_ms()),
         passivating: AtomicBool::new(false),
         snapshot: snapshot_rx,
+        deltas: weak_deltas,
+        messages: AtomicU64::new(0),
     }))
 }
 
@@ -376,6 +426,7 @@ async fn sweep_idle(inner: std::sync::Weak<Inner>) {
             .filter(|e| {
                 e.live.get().is_some_and(|l| {
                     now.saturating_sub(l.last_used_ms.load(Ordering::Relaxed)) >= idle_ms
+                        && !l.watched()
                 })
             })
             .map(|e| (*e.key(), e.value().clone()))
