@@ -50,6 +50,8 @@ pub struct Settings {
     pub payments: PaymentSettings,
     /// Outbox relay and event consumers.
     pub events: EventSettings,
+    /// WebSockets: live seat maps and buyers' channels.
+    pub ws: WsSettings,
 }
 
 /// Payment providers. The built-in `mockpay` stands in for a real third party: this process
@@ -84,6 +86,68 @@ pub struct MockpaySettings {
     pub duplicate_callbacks: bool,
     /// How long the provider remembers a trade.
     pub trade_ttl_secs: u64,
+}
+
+/// WebSocket limits and timings. Every number bounds memory or time per connection, so ten
+/// thousand watchers of one sale cost megabytes, not gigabytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsSettings {
+    /// A program's seat changes are gathered this long and sent as one frame; 0 = one frame per
+    /// committed change. Trades a little latency for far fewer frames during a rush.
+    pub coalesce_ms: u64,
+    /// Frames a subscriber may fall behind before it gets a fresh snapshot instead of the
+    /// backlog (its queue is a window on one shared ring, so lagging costs no memory).
+    pub max_lag_frames: usize,
+    /// A program's feed with no subscribers ends after this long.
+    pub feed_linger_secs: u64,
+    /// Server pings this often, so dead peers and idle proxies are noticed.
+    pub ping_interval_secs: u64,
+    /// A connection that sent nothing (not even a pong) for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A frame the peer does not take within this long closes the connection (a stuck reader
+    /// must not hold a task and buffers forever).
+    pub write_timeout_secs: u64,
+    /// Open WebSockets per process.
+    pub max_connections: usize,
+    /// Open WebSockets per client address.
+    pub max_per_ip: usize,
+    /// Origins (`scheme://host[:port]`) browsers may open sockets from; empty = only
+    /// `server.public_url`'s; `"*"` = any. Requests without `Origin` (non-browsers) pass.
+    pub allowed_origins: Vec<String>,
+    /// How often open buyer channels re-check their token (revoked or expired → closed).
+    pub auth_recheck_secs: u64,
+    /// Bytes reserved per connection for reading; clients only send tiny control messages.
+    pub read_buffer_bytes: usize,
+    /// Largest message a client may send; larger ones close the connection (1009).
+    pub max_message_bytes: usize,
+    /// Outgoing messages are cut into frames of at most this many bytes, so a connection's
+    /// write buffer never grows to the size of a whole seat-map snapshot.
+    pub fragment_bytes: usize,
+    /// On shutdown, open sockets get a close frame and this long to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl WsSettings {
+    /// Whether a browser page from `origin` may open a socket here.
+    pub fn origin_allowed(&self, origin: &str, public_url: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        if self.allowed_origins.is_empty() {
+            return origin_of(public_url) == origin;
+        }
+        self.allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.trim_end_matches('/') == origin)
+    }
+}
+
+/// `scheme://host[:port]` of a URL (what browsers send as `Origin`).
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
 }
 
 /// The outbox relay (Postgres → Pulsar) and the order-event consumers.
@@ -269,6 +333,10 @@ pub struct ServerSettings {
     pub port: u16,
     /// Base URL printed for humans and used in payment redirects.
     pub public_url: String,
+    /// Kernel send buffer per connection, bytes; 0 = the OS's own (which grows it for fast
+    /// peers). Set it to bound what ten thousand slow WebSocket readers can hold in the kernel.
+    #[serde(default)]
+    pub socket_send_buffer_bytes: usize,
 }
 
 /// PostgreSQL connection settings.

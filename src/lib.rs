@@ -36,6 +36,7 @@ pub mod events;
 pub mod http;
 pub mod ordering;
 pub mod payments;
+pub mod realtime;
 pub mod seed;
 pub mod store;
 pub mod telemetry;

@@ -408,17 +408,6 @@ impl Handler<GetSnapshot> for CategoryActor {
     }
 }
 
-impl Handler<Subscribe> for CategoryActor {
-    type Result = MessageResult<Subscribe>;
-
-    /// Snapshot and receiver are taken in one handler, so no delta falls between them.
-    fn handle(&mut self, _: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        self.dirty = true;
-        self.publish_snapshot_if_dirty();
-        MessageResult((self.snapshot.borrow().clone(), self.deltas.subscribe()))
-    }
-}
-
 impl Handler<GetStats> for CategoryActor {
     type Result = MessageResult<GetStats>;
 

@@ -1,13 +1,12 @@
 //! Messages a `CategoryActor` answers, and what it answers with.
 
 use crate::domain::inventory::{
-    ChangeKind, Counts, Delta, InventoryError, OrderNo, SeatId, SeatInfo, SeatStatus,
+    ChangeKind, Counts, InventoryError, OrderNo, SeatId, SeatInfo, SeatStatus,
 };
 use actix::Message;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 /// Why an actor call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,11 +147,6 @@ pub struct CategorySnapshot {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Arc<CategorySnapshot>")]
 pub struct GetSnapshot;
-
-/// Subscribe to committed deltas; answers the snapshot they follow.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "(Arc<CategorySnapshot>, broadcast::Receiver<Arc<Delta>>)")]
-pub struct Subscribe;
 
 /// Counters since the actor started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -13,4 +13,4 @@ pub mod supervisor;
 
 pub use category::CategoryActor;
 pub use messages::*;
-pub use supervisor::Supervisor;
+pub use supervisor::{Supervisor, Watched};

@@ -66,6 +66,14 @@ impl FromRequestParts<AppState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers)
             .ok_or_else(|| ApiError::unauthenticated("sign in first (Authorization: Bearer …)"))?;
+        AuthUser::from_token(state, token).await
+    }
+}
+
+impl AuthUser {
+    /// The holder of `token` if it is valid, unexpired and not signed out; 401 otherwise.
+    /// Also used where the token does not come as a header (WebSockets).
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
         let claims = state
             .tokens
             .verify(token)

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod orders;
 pub mod payments;
 pub mod ticket_buyers;
+pub mod ws;
 
 use crate::actors::Supervisor;
 use crate::auth::TokenKeys;
@@ -35,6 +36,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::future::Future;
@@ -79,6 +81,8 @@ pub struct AppState {
     pub mockpay: mockpay::Mockpay,
     /// Each buyer's order events, for their open channels on this process.
     pub hub: crate::events::hub::Hub,
+    /// WebSockets: seat-map feeds, open connections, buyer channels' tokens.
+    pub realtime: crate::realtime::Realtime,
 }
 
 impl AppState {
@@ -111,6 +115,12 @@ impl AppState {
             idempotency_ttl_secs: settings.orders.idempotency_ttl_secs as f64,
         };
         let (payments, mockpay) = payment_parts(&settings, &stores, &supervisor);
+        let sessions = SessionGuard::new(stores.redis.clone());
+        let realtime = crate::realtime::Realtime::new(
+            settings.ws.clone(),
+            supervisor.clone(),
+            sessions.clone(),
+        );
         let a = &settings.accounts;
         Ok(AppState {
             payments,
@@ -120,7 +130,8 @@ impl AppState {
             ordering,
             catalog,
             tokens: TokenKeys::new(&settings.secrets.jwt_key, a.token_ttl_secs),
-            sessions: SessionGuard::new(stores.redis.clone()),
+            sessions,
+            realtime,
             bloom: HandleBloom::new(stores.redis.clone(), a.bloom_bits, a.bloom_hashes),
             limiter: RateLimiter::new(stores.redis.clone()),
             cipher: IdNumberCipher::new(settings.secrets.id_number_key_bytes()?),
@@ -231,6 +242,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router(&state))
         .merge(payments::router(&state))
         .merge(mockpay::router(&state))
+        .merge(ws::router(&state))
         .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
         .fallback(error::fallback)
         .layer(layers)
@@ -255,14 +267,40 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     response
 }
 
-/// Serves until `shutdown` completes, then lets in-flight requests finish.
+/// No Nagle delay: seat-map frames and API answers are small and must leave at once, not
+/// wait for the peer's delayed ACK (tens of ms). A fixed send buffer, when configured, bounds
+/// the kernel memory each connection may hold for a slow reader (the OS otherwise grows it).
+fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+    let _ = tcp.set_nodelay(true);
+    if send_buffer > 0
+        && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+    {
+        tracing::debug!(error = %e, "socket send buffer not set");
+    }
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish and closes open
+/// WebSockets (1001), giving them `ws.shutdown_grace_ms`: hyper forgets upgraded connections,
+/// so the server's own graceful shutdown would not wait for them.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let connections = state.realtime.connections.clone();
+    let grace = std::time::Duration::from_millis(state.settings.ws.shutdown_grace_ms);
+    let closing = connections.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Sockets start closing while in-flight requests finish.
+        tokio::spawn(async move { closing.close_all(grace).await });
+    };
+    let send_buffer = state.settings.server.socket_send_buffer_bytes;
+    let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    connections.close_all(grace).await;
+    served
 }

@@ -66,6 +66,22 @@ impl SessionGuard {
         Ok(n > 0)
     }
 
+    /// Which of `jtis` were revoked: one MGET per few hundred tokens, for the open buyer
+    /// channels' periodic re-check.
+    pub async fn revoked_among(&self, jtis: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut revoked = Vec::new();
+        for chunk in jtis.chunks(500) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|jti| self.redis.key(&format!("sessions:revoked:{jti}")))
+                .collect();
+            let found: Vec<Option<i64>> = self.client().mget(keys).await.map_err(redis_error)?;
+            let hits = chunk.iter().zip(found).filter(|(_, v)| v.is_some());
+            revoked.extend(hits.map(|(jti, _)| jti.clone()));
+        }
+        Ok(revoked)
+    }
+
     /// Seconds until `login` may try again, if it has used up its wrong passwords.
     pub async fn login_blocked_for(
         &self,

@@ -203,6 +203,18 @@ impl TestApp {
         }
     }
 
+    /// Stops this server as an operator would (SIGTERM): in-flight requests finish and open
+    /// sockets are closed; returns once it has stopped.
+    pub async fn stop_gracefully(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let stopped = tokio::time::timeout(Duration::from_secs(30), server).await;
+            assert!(stopped.is_ok(), "the server did not stop within 30 s");
+        }
+    }
+
     /// Another server on the same database, Redis prefix and topics: a second node.
     pub async fn spawn_sibling(&self) -> TestApp {
         start(self.settings.clone(), None).await

@@ -16,6 +16,8 @@ mod order_path;
 mod orders;
 mod payments;
 mod schema;
+mod seat_feed;
 mod seed;
 mod ticket_buyers;
 mod writer;
+mod ws;
