@@ -133,6 +133,26 @@ enum BenchCommand {
         #[arg(long, default_value = "bench-results/events.json")]
         out: PathBuf,
     },
+    /// Seat-map WebSockets: N subscribers (in steps) on one program while orders change seats;
+    /// memory per idle connection, change-to-last-subscriber delay, frames and CPU with
+    /// coalescing vs one frame per committed change. The server runs as a child process.
+    Ws {
+        /// Subscriber counts, ascending (clients are added to reach each).
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        subscribers: Vec<usize>,
+        /// Seat changes per second to drive (orders of 4 seats, each cancelled after).
+        #[arg(long, default_value_t = 2_000)]
+        changes_per_sec: u32,
+        /// Seconds of driving per step.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Rows of 25 seats in the program's category.
+        #[arg(long, default_value_t = 40)]
+        rows: i32,
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "bench-results/ws.json")]
+        out: PathBuf,
+    },
     /// Program detail and list over HTTP: a server with a warm cache vs one with caching
     /// disabled, alternating rounds, on a scratch copy of the demo data.
     Catalog {
@@ -311,6 +331,22 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
                 report.valid,
                 "a round broke an invariant; the results are invalid"
             );
+        }
+        BenchCommand::Ws {
+            subscribers,
+            changes_per_sec,
+            secs,
+            rows,
+            out,
+        } => {
+            let opts = bench::ws::Options {
+                subscribers,
+                changes_per_sec,
+                secs,
+                rows,
+            };
+            let report = bench::ws::run(&settings, &opts).await?;
+            publish(&out, &report, &bench::ws::render(&report))?;
         }
         BenchCommand::Catalog {
             rounds,

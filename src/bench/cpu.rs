@@ -9,7 +9,7 @@ use std::fs;
 
 /// Linux reports `utime`/`stime` in USER_HZ ticks, which is 100 per second on every platform
 /// Linux supports today (`getconf CLK_TCK`).
-const TICKS_PER_SEC: f64 = 100.0;
+pub(crate) const TICKS_PER_SEC: f64 = 100.0;
 
 /// Total CPU seconds (user + system) used so far by the server processes.
 pub fn server_cpu_seconds() -> f64 {
@@ -40,7 +40,7 @@ fn comm(pid: &str) -> Option<String> {
 }
 
 /// utime + stime of a whole process (all threads), in ticks.
-fn process_ticks(pid: &str) -> Option<u64> {
+pub(crate) fn process_ticks(pid: &str) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat_ticks(&stat)
 }

@@ -9,6 +9,8 @@
 //!   transaction per order.
 //! - [`events`] — the outbox relay batched against one publish at a time, ordering with the
 //!   relay and consumers running against stopped, and the commit-to-consumer delay.
+//! - [`ws`] — thousands of seat-map subscribers: memory per connection, change-to-last-
+//!   subscriber delay, and frames with coalescing against one frame per change.
 //!
 //! Shared here: server CPU accounting from `/proc` ([`cpu`]) and latency percentiles.
 
@@ -18,6 +20,7 @@ pub mod events;
 pub mod ordering;
 pub mod seat_hold;
 pub mod targets;
+pub mod ws;
 
 use anyhow::Context;
 

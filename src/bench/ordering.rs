@@ -86,10 +86,11 @@ pub struct ModeRun {
     pub violations: Vec<String>,
 }
 
-/// A buyer: token and their one ticket buyer.
+/// A buyer: token and their ticket buyers (the first is the one `bench ordering` uses).
 pub(super) struct Racer {
-    token: String,
-    ticket_buyer: i64,
+    pub(super) token: String,
+    pub(super) ticket_buyer: i64,
+    pub(super) ticket_buyers: Vec<i64>,
 }
 
 /// Runs the benchmark on a scratch database (dropped at the end).
@@ -183,6 +184,16 @@ pub(super) async fn mint_racers(
     settings: &Settings,
     n: usize,
 ) -> anyhow::Result<Vec<Racer>> {
+    mint_racers_with(pool, settings, n, 1).await
+}
+
+/// `n` accounts with `holders` passport-holders each (see [`mint_racers`]).
+pub(super) async fn mint_racers_with(
+    pool: &PgPool,
+    settings: &Settings,
+    n: usize,
+    holders: usize,
+) -> anyhow::Result<Vec<Racer>> {
     let keys = TokenKeys::new(&settings.secrets.jwt_key, 24 * 3600);
     let cipher = IdNumberCipher::new(settings.secrets.id_number_key_bytes()?);
     let client = pool.get().await?;
@@ -198,15 +209,23 @@ pub(super) async fn mint_racers(
             &[&ids],
         )
         .await?;
-    let numbers: Vec<String> = ids.iter().map(|id| format!("B{id:08}")).collect();
+    let owners: Vec<i64> = ids
+        .iter()
+        .flat_map(|id| std::iter::repeat_n(*id, holders))
+        .collect();
+    let numbers: Vec<String> = owners
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("B{id:08}{}", i % holders))
+        .collect();
     let sealed: Vec<Vec<u8>> = numbers.iter().map(|n| cipher.encrypt(n)).collect();
     let prints: Vec<Vec<u8>> = numbers.iter().map(|n| cipher.fingerprint(n)).collect();
-    let holders: Vec<i64> = client
+    let ticket_buyers: Vec<i64> = client
         .query(
             "INSERT INTO ticket_buyers (user_id, name, id_type, id_number_enc, id_number_hash, id_number_last4)
              SELECT u, 'Racer', 'passport', e, h, right(u::text, 4)
              FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS t(u, e, h) RETURNING id",
-            &[&ids, &sealed, &prints],
+            &[&owners, &sealed, &prints],
         )
         .await?
         .iter()
@@ -214,12 +233,13 @@ pub(super) async fn mint_racers(
         .collect();
     let now = chrono::Utc::now();
     ids.iter()
-        .zip(holders)
-        .map(|(id, ticket_buyer)| {
+        .zip(ticket_buyers.chunks(holders))
+        .map(|(id, theirs)| {
             let (token, _) = keys.issue(*id, vec!["buyer".into()], now)?;
             Ok(Racer {
                 token,
-                ticket_buyer,
+                ticket_buyer: theirs[0],
+                ticket_buyers: theirs.to_vec(),
             })
         })
         .collect()
