@@ -344,6 +344,7 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
                 changes_per_sec,
                 secs,
                 rows,
+                server_binary: std::env::current_exe()?,
             };
             let report = bench::ws::run(&settings, &opts).await?;
             publish(&out, &report, &bench::ws::render(&report))?;

@@ -40,6 +40,8 @@ pub struct Options {
     pub secs: u64,
     /// Seat rows (of 25) of the program's one category.
     pub rows: i32,
+    /// The `boxoffice` binary to run the server with.
+    pub server_binary: std::path::PathBuf,
 }
 
 /// Frames tracked per run (by `seq` offset from the start of a step).
@@ -123,10 +125,10 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
         opts: opts.clone(),
     };
 
-    let coalesced = Child::start(&scratch, 25).await?;
+    let coalesced = Child::start(&scratch, &opts.server_binary, 25).await?;
     let (steps, first_mode, largest_held) = run.steps(&coalesced).await?;
     coalesced.stop().await;
-    let per_delta = Child::start(&scratch, 0).await?;
+    let per_delta = Child::start(&scratch, &opts.server_binary, 0).await?;
     let other_mode = run
         .mode_run(&per_delta, opts.subscribers[0], "frame_per_delta")
         .await?;
@@ -218,13 +220,17 @@ struct Child {
 }
 
 impl Child {
-    async fn start(scratch: &Scratch, coalesce_ms: u64) -> anyhow::Result<Child> {
+    async fn start(
+        scratch: &Scratch,
+        binary: &std::path::Path,
+        coalesce_ms: u64,
+    ) -> anyhow::Result<Child> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let s = &scratch.settings;
-        let process = tokio::process::Command::new(std::env::current_exe()?)
+        let process = tokio::process::Command::new(binary)
             .arg("serve")
             .env("BOXOFFICE__SERVER__PORT", port.to_string())
             .env(

@@ -1,4 +1,4 @@
-//! The benchmarks in miniature (`boxoffice bench seat-hold`, `catalog`, `ordering`, `events`):
+//! The benchmarks in miniature (`boxoffice bench seat-hold`, `catalog`, `ordering`, `events`, `ws`):
 //! every design runs against the real stores, the invariant checks pass, and the summary has the
 //! shape the README documents. Never timing assertions: the machine is shared.
 
@@ -158,4 +158,40 @@ async fn events_bench_compares_relay_modes_and_ordering_with_events_on_and_off()
         assert!(report.ratios.contains_key(key), "ratio {key} missing");
     }
     assert_eq!(report.targets.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_bench_measures_subscribers_and_both_frame_modes() {
+    let (db, _, settings) = TestDb::migrated().await;
+    let opts = boxoffice::bench::ws::Options {
+        subscribers: vec![30],
+        changes_per_sec: 400,
+        secs: 2,
+        rows: 4,
+        server_binary: env!("CARGO_BIN_EXE_boxoffice").into(),
+    };
+    let report = boxoffice::bench::ws::run(&settings, &opts)
+        .await
+        .expect("bench runs");
+    drop(db);
+    assert_eq!(report.steps.len(), 1);
+    assert_eq!(report.largest_held, 30);
+    let step = &report.steps[0];
+    assert!(
+        step.changes_per_sec > 0.0 && step.frames_per_sec > 0.0,
+        "{step:?}"
+    );
+    assert!(step.bytes_per_idle_connection > 0.0, "{step:?}");
+    assert!(
+        step.ack_to_last_p50_ms <= step.ack_to_last_p99_ms,
+        "{step:?}"
+    );
+    let modes: Vec<&str> = report.modes.iter().map(|m| m.mode.as_str()).collect();
+    assert_eq!(modes, ["coalesced", "frame_per_delta"]);
+    assert!(
+        report.modes[1].frames_per_sec > report.modes[0].frames_per_sec,
+        "one frame per delta sends more frames: {:?}",
+        report.modes
+    );
+    assert_eq!(report.targets.len(), 3);
 }
