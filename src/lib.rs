@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  buyer ──REST──► http (axum) ──► ordering ──► actors::Supervisor ──► CategoryActor (program × category)
-//!        ◄──WS───  http::ws  ◄──── seat deltas (coalesced, serialized once) ◄──────┤
+//!        ◄──WS───  http::ws ◄─ realtime::feed ◄─ committed deltas + snapshots ◄─────┤
 //!                                                                                   │ committed changes
 //!                                                        store (group commit) ──► PostgreSQL (truth)
 //!                                                        outbox relay ──► Pulsar ──► consumers
@@ -15,6 +15,8 @@
 //! - [`domain`] — pure rules and types, no I/O.
 //! - [`actors`] — the single writers of seat state.
 //! - [`events`] — outbox relay to Pulsar, event consumers with inboxes, the per-user hub.
+//! - [`realtime`] — WebSockets: one seat-map feed per watched program (coalesced frames,
+//!   serialized once), buyers' channels, connection limits, keepalive and shutdown.
 //! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar.
 //! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
 //! - [`payments`] — the provider trait, our payment side, and the built-in `mockpay` provider.
