@@ -146,8 +146,8 @@ enum BenchCommand {
         /// Seconds of driving per step.
         #[arg(long, default_value_t = 10)]
         secs: u64,
-        /// Rows of 25 seats in the program's category.
-        #[arg(long, default_value_t = 40)]
+        /// Rows of 40 seats in the program's category.
+        #[arg(long, default_value_t = 25)]
         rows: i32,
         /// Where the JSON summary goes.
         #[arg(long, default_value = "bench-results/ws.json")]

@@ -246,7 +246,7 @@ pub(super) async fn mint_racers_with(
 }
 
 /// A program on sale with one seated category of `rows` × 40 seats.
-async fn hot_program(pool: &PgPool, rows: i32, tag: &str) -> anyhow::Result<(i64, i64)> {
+pub(super) async fn hot_program(pool: &PgPool, rows: i32, tag: &str) -> anyhow::Result<(i64, i64)> {
     let area = catalog::ensure_area(pool, "Bench City").await?;
     let genre = catalog::ensure_program_category(pool, None, "Concert").await?;
     let program = NewProgram {

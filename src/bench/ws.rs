@@ -11,10 +11,9 @@
 //! frame per committed delta) at the first step compares frames and CPU with coalescing.
 
 use super::cpu::{TICKS_PER_SEC, process_ticks};
-use super::ordering::{Racer, mint_racers_with, wait_ready};
+use super::ordering::{Racer, hot_program, mint_racers_with, wait_ready};
 use super::{Latencies, Scratch, Target, ratio, render_targets};
 use crate::config::Settings;
-use crate::store::catalog::{self, Layout, NewProgram, NewTicketCategory};
 use crate::store::postgres;
 use anyhow::Context;
 use futures::StreamExt;
@@ -38,7 +37,7 @@ pub struct Options {
     pub changes_per_sec: u32,
     /// Seconds of driving per step.
     pub secs: u64,
-    /// Seat rows (of 25) of the program's one category.
+    /// Seat rows (of 40) of the program's one category.
     pub rows: i32,
     /// The `boxoffice` binary to run the server with.
     pub server_binary: std::path::PathBuf,
@@ -46,7 +45,6 @@ pub struct Options {
 
 /// Frames tracked per run (by `seq` offset from the start of a step).
 const TRACKED_FRAMES: usize = 1 << 20;
-const SEATS_PER_ROW: i32 = 25;
 /// Seats per order (each order is cancelled right after: 8 changes per cycle).
 const SEATS_PER_ORDER: usize = 4;
 /// Concurrent driving cycles at most.
@@ -113,7 +111,7 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
     let drivers = DRIVERS.max(opts.changes_per_sec as usize / 8 / 4);
     let racers = mint_racers_with(&pool, &scratch.settings, drivers, SEATS_PER_ORDER).await?;
     let racers = Arc::new(Mutex::new(racers));
-    let (program, category) = stadium(&pool, opts.rows).await?;
+    let (program, category) = hot_program(&pool, opts.rows, "ws").await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(DRIVERS)
         .build()?;
@@ -179,37 +177,6 @@ fn raise_fd_limit() {
         Ok(n) => eprintln!("open-file limit: {n}"),
         Err(e) => eprintln!("open-file limit not raised: {e}"),
     }
-}
-
-/// A program on sale with one seated category of `rows` × 25 seats.
-async fn stadium(pool: &crate::store::PgPool, rows: i32) -> anyhow::Result<(i64, i64)> {
-    let area = catalog::ensure_area(pool, "Bench City").await?;
-    let genre = catalog::ensure_program_category(pool, None, "Concert").await?;
-    let program = NewProgram {
-        slug: format!("bench-ws-{}", uuid::Uuid::new_v4().simple()),
-        title: "Bench WebSockets".into(),
-        area_id: area,
-        category_id: genre,
-        venue: "Stadium".into(),
-        description: String::new(),
-        choose_seats: true,
-        per_order_limit: SEATS_PER_ORDER as i32,
-        per_account_limit: SEATS_PER_ORDER as i32,
-        on_sale_at: chrono::Utc::now() - chrono::Duration::minutes(1),
-        show_times: vec![chrono::Utc::now() + chrono::Duration::days(30)],
-        categories: vec![NewTicketCategory {
-            name: "Bowl".into(),
-            price_cents: 68_000,
-            layout: Layout::Seated {
-                rows,
-                seats_per_row: SEATS_PER_ROW,
-            },
-        }],
-    };
-    let id = catalog::create_program(pool, &program).await?;
-    let sql = "SELECT id FROM ticket_categories WHERE program_id = $1";
-    let category: i64 = pool.get().await?.query_one(sql, &[&id]).await?.get(0);
-    Ok((id, category))
 }
 
 /// The server under test, in a process of its own.
@@ -451,7 +418,7 @@ impl Run {
         log: &SeatLog,
         connected: usize,
     ) -> anyhow::Result<Measured> {
-        let base = seq_now(&self.http, child, self.program).await?;
+        let base = seq_now(child, self.program).await?;
         arrivals.base.store(base, Ordering::Relaxed);
         let frames_before = arrivals.frames.load(Ordering::Relaxed);
         let cpu_before = child.cpu_secs();
@@ -625,7 +592,7 @@ async fn cycle(
 }
 
 /// The program feed's current `seq`, from a short-lived subscriber's snapshot.
-async fn seq_now(_http: &reqwest::Client, child: &Child, program: i64) -> anyhow::Result<u64> {
+async fn seq_now(child: &Child, program: i64) -> anyhow::Result<u64> {
     let url = format!(
         "{}/ws/programs/{program}/seats",
         child.base.replacen("http://", "ws://", 1)
