@@ -10,7 +10,7 @@ use crate::domain::order_no::OrderNoGenerator;
 use crate::store::catalog_cache::CatalogCache;
 use crate::store::catalog_read::ProgramDetail;
 use crate::store::orders::{self, IdempotentResult, NewTicket, PlaceOrder};
-use crate::store::writer::GroupCommitWriter;
+use crate::store::writer::{GroupCommitWriter, Placed};
 use crate::store::{PgPool, StoreError};
 use serde::Deserialize;
 use serde_json::json;
@@ -62,15 +62,15 @@ pub enum OrderError {
     /// Per-order or per-account limit.
     #[error("{0}")]
     Limit(String),
-    /// A ticket buyer is already in a live order for this program.
-    #[error("a ticket buyer already has a live ticket for this program")]
-    BuyerHasTicket,
     /// The actors refused (seat taken, sold out, price mismatch, overloaded ...).
     #[error(transparent)]
     Actor(#[from] ActorError),
     /// A store failed or a rule checked in the transaction refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The `Idempotency-Key` already answered a request with another body.
+    #[error("this Idempotency-Key was used with another body")]
+    KeyReused,
     /// The commit failed: seats released, attempt recorded as a discarded order.
     #[error("the order could not be made durable; nothing was charged or kept")]
     NotDurable,
@@ -85,7 +85,7 @@ pub struct Ordering {
     pub writer: GroupCommitWriter,
     /// Program rules (cached).
     pub catalog: CatalogCache,
-    /// Reads of ticket buyers and limits.
+    /// Where discarded orders are recorded.
     pub pg: PgPool,
     /// Order numbers.
     pub ids: Arc<OrderNoGenerator>,
@@ -118,7 +118,6 @@ impl Ordering {
         self.check_program_rules(req, &program, n)?;
         let show_time_id = show_time_of(req, &program)?;
         self.check_show_not_started(&program, show_time_id)?;
-        self.check_buyers(user_id, req, &program).await?;
         let plan = self.plan(req, &program, show_time_id).await?;
         let now = self.clock.now();
         let order_no = self.ids.next(user_id, now.timestamp_millis());
@@ -176,7 +175,8 @@ impl Ordering {
     }
 
     /// Hands the order to the group-commit writer, settles the reservations with what became
-    /// of it, and answers: the stored body only if the order is in Postgres.
+    /// of it, and answers: the stored body only if the order is in Postgres (or, for a key
+    /// whose answer Postgres already holds, that answer).
     async fn commit(
         &self,
         order: PlaceOrder,
@@ -187,7 +187,15 @@ impl Ordering {
         self.settle(order_no, reserved, Self::outcome_of(&written))
             .await;
         match written {
-            Ok(()) => Ok(order.idempotency.body),
+            Ok(Placed::Written) => Ok(order.idempotency.body),
+            Ok(Placed::Replayed((hash, _, body))) if hash == order.idempotency.request_hash => {
+                Ok(body)
+            }
+            Ok(Placed::Replayed(_)) => Err(OrderError::KeyReused),
+            Err(StoreError::Refused {
+                code: "VALIDATION",
+                message,
+            }) => Err(OrderError::Invalid("ticket_buyer_ids", message)),
             Err(e @ StoreError::Refused { .. }) => Err(e.into()),
             Err(e) => {
                 tracing::error!(order_no, error = %e, "order commit failed; seats released");
@@ -203,59 +211,14 @@ impl Ordering {
     /// the actors reserved means their memory disagrees with Postgres; a commit whose outcome
     /// Postgres could not confirm (the writer asks it when the answer to `COMMIT` is lost)
     /// leaves memory unknown. Both make the actors reload.
-    fn outcome_of(written: &Result<(), StoreError>) -> Outcome {
+    fn outcome_of(written: &Result<Placed, StoreError>) -> Outcome {
         match written {
-            Ok(()) => Outcome::Committed,
+            Ok(Placed::Written) => Outcome::Committed,
+            Ok(Placed::Replayed(_)) => Outcome::NotCommitted,
             Err(StoreError::Refused { code, .. }) if is_seat_refusal(code) => Outcome::Unknown,
             Err(StoreError::CommitUnknown(_)) => Outcome::Unknown,
             Err(_) => Outcome::NotCommitted,
         }
-    }
-
-    /// Ticket buyers belong to the caller, none has a live ticket for the program, and the
-    /// account limit leaves room (re-checked exactly inside the order's transaction).
-    async fn check_buyers(
-        &self,
-        user_id: i64,
-        req: &OrderRequest,
-        program: &ProgramDetail,
-    ) -> Result<(), OrderError> {
-        let client = self.pg.get().await.map_err(StoreError::from)?;
-        // Prepared once per pooled connection: parsing this on every order showed in profiles.
-        let statement = client
-            .prepare_cached(
-                "SELECT (SELECT count(*) FROM ticket_buyers WHERE user_id = $1 AND id = ANY($2) AND deleted_at IS NULL),
-                        (SELECT count(*) FROM buyer_claims WHERE program_id = $3 AND ticket_buyer_id = ANY($2)),
-                        (SELECT count(*) FROM tickets t JOIN orders o ON o.gene = t.gene AND o.order_no = t.order_no
-                         WHERE o.gene = ($1::bigint & 15)::smallint AND o.user_id = $1 AND o.program_id = $3
-                           AND o.status IN ('pending_payment', 'paid'))",
-            )
-            .await
-            .map_err(StoreError::from)?;
-        let row = client
-            .query_one(
-                &statement,
-                &[&user_id, &req.ticket_buyer_ids, &req.program_id],
-            )
-            .await
-            .map_err(StoreError::from)?;
-        let (mine, claimed, live): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        if mine != req.ticket_buyer_ids.len() as i64 {
-            return Err(OrderError::Invalid(
-                "ticket_buyer_ids",
-                "not all are your ticket buyers".into(),
-            ));
-        }
-        if claimed > 0 {
-            return Err(OrderError::BuyerHasTicket);
-        }
-        let limit = i64::from(program.per_account_limit);
-        if live + req.ticket_buyer_ids.len() as i64 > limit {
-            return Err(OrderError::Limit(format!(
-                "at most {limit} tickets per account for this program; you hold {live}"
-            )));
-        }
-        Ok(())
     }
 
     /// Which category each seat belongs to (from the actors' seat index, no database read);

@@ -7,7 +7,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extractor::bearer;
-use crate::config::GroupLimits;
+use crate::config::{BucketSettings, GroupLimits};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -68,22 +68,62 @@ pub async fn admin(State(st): State<AppState>, req: Request, next: Next) -> Resp
     enforce(st, Group::Admin, req, next).await
 }
 
-async fn enforce(st: AppState, group: Group, req: Request, next: Next) -> Response {
-    if !st.settings.rate_limit.enabled {
-        return next.run(req).await;
+/// The client's IP address as the rate limits name it ("unknown" without connection info,
+/// as in tests that call the router directly).
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(ip_of(&parts.extensions)))
     }
-    let limits = group.limits(&st);
-    let ip = req
-        .extensions()
+}
+
+fn ip_of(extensions: &axum::http::Extensions) -> String {
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or("unknown".to_string(), |c| c.0.ip().to_string());
-    let mut buckets = vec![(format!("{}:ip:{ip}", group.name()), limits.per_ip)];
-    if let Some(claims) = bearer(req.headers()).and_then(|t| st.tokens.verify(t).ok()) {
-        buckets.push((
-            format!("{}:user:{}", group.name(), claims.sub),
-            limits.per_user,
-        ));
+        .map_or("unknown".to_string(), |c| c.0.ip().to_string())
+}
+
+/// The buckets a request of `group` takes from: its IP's, and its user's if signed in.
+fn buckets(
+    st: &AppState,
+    group: Group,
+    ip: &str,
+    user_id: Option<i64>,
+) -> Vec<(String, BucketSettings)> {
+    if !st.settings.rate_limit.enabled {
+        return Vec::new();
     }
+    let limits = group.limits(st);
+    let mut buckets = vec![(format!("{}:ip:{ip}", group.name()), limits.per_ip)];
+    if let Some(user) = user_id {
+        buckets.push((format!("{}:user:{user}", group.name()), limits.per_user));
+    }
+    buckets
+}
+
+/// The `account` group's buckets of a signed-in request (the order gate takes from them).
+pub fn account_buckets(
+    st: &AppState,
+    ip: &ClientIp,
+    user_id: i64,
+) -> Vec<(String, BucketSettings)> {
+    buckets(st, Group::Account, &ip.0, Some(user_id))
+}
+
+async fn enforce(st: AppState, group: Group, req: Request, next: Next) -> Response {
+    let user = st
+        .settings
+        .rate_limit
+        .enabled
+        .then(|| bearer(req.headers()).and_then(|t| st.tokens.verify(t).ok()))
+        .flatten();
+    let buckets = buckets(&st, group, &ip_of(req.extensions()), user.map(|c| c.sub));
     for (bucket, settings) in buckets {
         match st.limiter.take(&bucket, settings).await {
             Ok(None) => {}
@@ -96,7 +136,8 @@ async fn enforce(st: AppState, group: Group, req: Request, next: Next) -> Respon
     next.run(req).await
 }
 
-fn too_many(wait_ms: u64) -> Response {
+/// 429 with `Retry-After`.
+pub fn too_many(wait_ms: u64) -> Response {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "RATE_LIMITED",

@@ -3,11 +3,12 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extractor::{AuthUser, invalid_body};
+use super::extractor::{AuthUser, bearer, invalid_body};
 use super::limits;
 use crate::actors::{ActorError, Transition};
 use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::ordering::{OrderError, OrderRequest};
+use crate::store::idempotency::{Gate, OrderGate};
 use crate::store::{StoreError, idempotency, orders, users::role};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -22,16 +23,21 @@ use sha2::{Digest, Sha256};
 /// How long a request may hold its idempotency key in flight before another may try.
 const IN_FLIGHT_SECS: i64 = 60;
 
-/// Routes of this module, with the `account` rate limit.
+/// Routes of this module, with the `account` rate limit (placing takes its tokens in the
+/// order gate's script instead of the middleware's, to save a round trip).
 pub fn router(state: &AppState) -> Router<AppState> {
+    let limited = || middleware::from_fn_with_state(state.clone(), limits::account);
     Router::new()
-        .route("/api/v1/orders", post(place).get(list))
-        .route("/api/v1/orders/{order_no}", get(one))
-        .route("/api/v1/orders/{order_no}/cancel", post(cancel))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::account,
-        ))
+        .route(
+            "/api/v1/orders",
+            post(place).merge(get(list).route_layer(limited())),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/orders/{order_no}", get(one))
+                .route("/api/v1/orders/{order_no}/cancel", post(cancel))
+                .route_layer(limited()),
+        )
 }
 
 impl From<OrderError> for ApiError {
@@ -49,9 +55,11 @@ impl From<OrderError> for ApiError {
             Limit(message) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "LIMIT_EXCEEDED", message)
             }
-            BuyerHasTicket => {
-                ApiError::new(StatusCode::CONFLICT, "BUYER_HAS_TICKET", e.to_string())
-            }
+            KeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                e.to_string(),
+            ),
             Actor(a) => actor_error(a),
             Store(s) => s.into(),
             NotDurable => ApiError::unavailable("ORDER_NOT_DURABLE", e.to_string()),
@@ -108,67 +116,122 @@ fn raw_json(status: u16, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// `POST /api/v1/orders`.
+/// `POST /api/v1/orders`. The hot path: the token is verified once, and one Redis script (the
+/// order gate) checks sign-out, rate limits and the key's marker together; program rules come
+/// from the in-process catalog cache; the account limit, ticket buyers and a stored answer are
+/// checked by the writer for the whole batch. Postgres is asked for a stored answer here only
+/// when the key's marker says one exists.
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = OrderRequest,
     params(("Idempotency-Key" = String, Header, description = "Required; same key + same body replays the answer")),
     responses((status = 201, description = "The order, pending payment"), (status = 409, description = "Seat taken, sold out, key in flight"),
         (status = 422, description = "Limits, price mismatch, key reused with another body")))]
 pub async fn place(
     State(st): State<AppState>,
-    user: AuthUser,
+    ip: limits::ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let key = headers
+    let key = idempotency_key(&headers)?;
+    let claims = verified_claims(&st, &headers)?;
+    let user_id = claims.sub;
+    let hash = Sha256::digest(&body).to_vec();
+    let gate = OrderGate {
+        revoked_key: st.sessions.revoked_key(&claims.jti),
+        user_id,
+        key: &key,
+        in_flight_secs: IN_FLIGHT_SECS,
+        buckets: limits::account_buckets(&st, &ip, user_id),
+    };
+    match idempotency::open_order_gate(&st.stores.redis, &gate).await? {
+        Gate::Open => {}
+        Gate::Answered => {
+            if let Some(answer) = stored_answer(&st, user_id, &key, &hash).await? {
+                return Ok(answer);
+            }
+            idempotency::mark_busy(&st.stores.redis, user_id, &key, IN_FLIGHT_SECS).await?;
+        }
+        Gate::SignedOut => return Err(ApiError::unauthenticated("the token was signed out")),
+        Gate::RateLimited(wait_ms) => return Ok(limits::too_many(wait_ms)),
+        Gate::InFlight => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "IN_FLIGHT",
+                "a request with this Idempotency-Key is being processed",
+            ));
+        }
+    }
+    let outcome = place_spawned(&st, user_id, &key, &body, hash).await;
+    let ttl = st.settings.orders.idempotency_ttl_secs as i64;
+    let answered = outcome.is_ok();
+    if let Err(e) = idempotency::finish(&st.stores.redis, user_id, &key, answered, ttl).await {
+        tracing::warn!(error = %e, "idempotency marker not updated; it expires on its own");
+    }
+    Ok(raw_json(201, outcome?))
+}
+
+/// The `Idempotency-Key` header, 1–255 characters; 400 otherwise.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .filter(|k| (1..=255).contains(&k.len()))
+        .map(str::to_string)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "IDEMPOTENCY_KEY_REQUIRED",
                 "send an Idempotency-Key header (1-255 chars)",
             )
-        })?
-        .to_string();
-    let hash = Sha256::digest(&body).to_vec();
-    if let Some((stored_hash, status, stored)) = idempotency::lookup(
-        &st.stores.pg,
-        user.id(),
-        &key,
-        st.settings.orders.idempotency_ttl_secs as f64,
-    )
-    .await?
-    {
-        if stored_hash != hash {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
-                "this Idempotency-Key was used with another body",
-            ));
-        }
-        return Ok(raw_json(status, stored));
+        })
+}
+
+/// The bearer token's claims if it is valid and unexpired (sign-out is the gate's question).
+fn verified_claims(st: &AppState, headers: &HeaderMap) -> Result<crate::auth::Claims, ApiError> {
+    let token = bearer(headers)
+        .ok_or_else(|| ApiError::unauthenticated("sign in first (Authorization: Bearer …)"))?;
+    st.tokens
+        .verify(token)
+        .map_err(|_| ApiError::unauthenticated("the token is invalid or expired"))
+}
+
+/// The stored answer for the key, replayed byte for byte; 422 if the key came with another
+/// body; `None` if the answer is no longer kept.
+async fn stored_answer(
+    st: &AppState,
+    user_id: i64,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<Response>, ApiError> {
+    let ttl = st.settings.orders.idempotency_ttl_secs as f64;
+    let Some((stored_hash, status, stored)) =
+        idempotency::lookup(&st.stores.pg, user_id, key, ttl).await?
+    else {
+        return Ok(None);
+    };
+    if stored_hash != hash {
+        return Err(OrderError::KeyReused.into());
     }
-    let req: OrderRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+    Ok(Some(raw_json(status, stored)))
+}
+
+/// Parses the body and places the order on its own task: a client hanging up must not abandon
+/// reserved seats halfway.
+async fn place_spawned(
+    st: &AppState,
+    user_id: i64,
+    key: &str,
+    body: &[u8],
+    hash: Vec<u8>,
+) -> Result<Vec<u8>, ApiError> {
+    let req: OrderRequest = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => invalid_body(e.to_string()),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()),
     })?;
-    if !idempotency::begin(&st.stores.redis, user.id(), &key, IN_FLIGHT_SECS).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "IN_FLIGHT",
-            "a request with this Idempotency-Key is being processed",
-        ));
-    }
-    // Spawned: a client hanging up must not abandon reserved seats halfway.
-    let (ordering, user_id, key2) = (st.ordering.clone(), user.id(), key.clone());
-    let outcome = tokio::spawn(async move { ordering.place(user_id, &req, &key2, hash).await })
+    let (ordering, key) = (st.ordering.clone(), key.to_string());
+    let placed = tokio::spawn(async move { ordering.place(user_id, &req, &key, hash).await })
         .await
         .map_err(ApiError::internal)?;
-    if let Err(e) = idempotency::end(&st.stores.redis, user.id(), &key).await {
-        tracing::warn!(error = %e, "idempotency marker not cleared; it expires on its own");
-    }
-    Ok(raw_json(201, outcome?))
+    Ok(placed?)
 }
 
 /// The order if the caller may see it (owner or admin); 404 otherwise.

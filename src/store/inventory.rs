@@ -80,14 +80,16 @@ impl InventoryStore for PgInventoryStore {
     }
 }
 
-/// Categories with at least one hold waiting for payment (partial indexes from V6 keep this
-/// cheap however many seats are sold or free).
+/// Categories with at least one hold waiting for payment: held seats are found through the
+/// live seat claims (seats carry no status index: it would keep seat updates from being HOT,
+/// see V9), GA holds through their partial index.
 pub async fn categories_with_holds(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
     let rows = pool
         .get()
         .await?
         .query(
-            "SELECT DISTINCT ticket_category_id FROM seats WHERE status = 'held'
+            "SELECT DISTINCT s.ticket_category_id FROM seat_claims c JOIN seats s ON s.id = c.seat_id
+             WHERE s.status = 'held'
              UNION SELECT ticket_category_id FROM ga_holds WHERE status = 'held'",
             &[],
         )

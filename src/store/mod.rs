@@ -5,6 +5,7 @@
 //! answer, so a misconfigured deployment stops at startup instead of serving errors.
 
 pub mod audit;
+pub mod batch;
 pub mod bloom;
 pub mod catalog;
 pub mod catalog_cache;

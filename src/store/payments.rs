@@ -354,7 +354,9 @@ async fn held_releases(
     let rows = tx
         .query(
             "SELECT ticket_category_id, id, row_no, col_no, price_cents, 1 FROM seats
-             WHERE order_no = $1 AND status = 'held'
+             WHERE id IN (SELECT seat_id FROM tickets
+                          WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 AND seat_id IS NOT NULL)
+               AND order_no = $1 AND status = 'held'
              UNION ALL
              SELECT ticket_category_id, NULL, NULL, NULL, NULL, quantity FROM ga_holds
              WHERE order_no = $1 AND status = 'held'
@@ -408,7 +410,9 @@ async fn sell_tickets(tx: &Transaction<'_>, order_no: i64) -> Result<(), StoreEr
         .query_one(
             "WITH seats_sold AS (
                  UPDATE seats SET status = 'sold', hold_expires_at = NULL
-                 WHERE order_no = $1 AND status = 'held' RETURNING 1),
+                 WHERE id IN (SELECT seat_id FROM tickets
+                              WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 AND seat_id IS NOT NULL)
+                   AND order_no = $1 AND status = 'held' RETURNING 1),
              ga_sold AS (
                  UPDATE ga_holds SET status = 'sold'
                  WHERE order_no = $1 AND status = 'held' RETURNING quantity)
@@ -505,7 +509,9 @@ async fn return_tickets(tx: &Transaction<'_>, order_no: i64) -> Result<(), Store
         .query_one(
             "WITH seats_back AS (
                  UPDATE seats SET status = 'available', order_no = NULL
-                 WHERE order_no = $1 AND status = 'sold' RETURNING 1),
+                 WHERE id IN (SELECT seat_id FROM tickets
+                              WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 AND seat_id IS NOT NULL)
+                   AND order_no = $1 AND status = 'sold' RETURNING 1),
              ga_back AS (
                  DELETE FROM ga_holds WHERE order_no = $1 AND status = 'sold'
                  RETURNING ticket_category_id, quantity),

@@ -59,9 +59,15 @@ impl SessionGuard {
             .map_err(redis_error)
     }
 
+    /// The Redis key that marks token `jti` as signed out (the order gate reads it in its
+    /// script).
+    pub fn revoked_key(&self, jti: &str) -> String {
+        self.redis.key(&format!("sessions:revoked:{jti}"))
+    }
+
     /// Whether token `jti` was revoked (checked on every authenticated request).
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let key = self.redis.key(&format!("sessions:revoked:{jti}"));
+        let key = self.revoked_key(jti);
         let n: i64 = self.client().exists(key).await.map_err(redis_error)?;
         Ok(n > 0)
     }
@@ -71,10 +77,7 @@ impl SessionGuard {
     pub async fn revoked_among(&self, jtis: &[String]) -> Result<Vec<String>, StoreError> {
         let mut revoked = Vec::new();
         for chunk in jtis.chunks(500) {
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|jti| self.redis.key(&format!("sessions:revoked:{jti}")))
-                .collect();
+            let keys: Vec<String> = chunk.iter().map(|jti| self.revoked_key(jti)).collect();
             let found: Vec<Option<i64>> = self.client().mget(keys).await.map_err(redis_error)?;
             let hits = chunk.iter().zip(found).filter(|(_, v)| v.is_some());
             revoked.extend(hits.map(|(jti, _)| jti.clone()));

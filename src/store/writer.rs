@@ -1,14 +1,20 @@
 //! The group-commit writer (ARCHITECTURE.md, "Placing an order", step 4): changes from every
-//! actor queue here and are committed in batches — as many as arrive while the previous commit
-//! runs, up to `max_batch`, waiting at most `max_wait` for company — one transaction per batch,
-//! so a rush costs one WAL flush per batch instead of one per hold.
+//! actor and new orders queue here and are committed in batches — as many as arrive while the
+//! previous commit runs, up to `max_batch`, waiting at most `max_wait` for company — one
+//! transaction per batch, with a fixed number of set-based statements whatever its size
+//! (`store::batch`).
 //!
-//! Each job runs under its own savepoint: a job whose rows are not in the expected state fails
-//! alone and the rest of its batch still commits. A failed commit fails every job of the batch.
-//! Nobody is told "done" before the commit returned: durable before acknowledged.
+//! Nothing inside Postgres runs per order, so nothing fails per order there: the writer checks
+//! every order of the batch first (one query) and answers refusals itself. Should the database
+//! still refuse the batch — rows not where a job expected them, or a constraint firing, which
+//! means a bug — the writer rolls back, sets the culprit aside (splitting the batch until it is
+//! found) and commits the rest. Nobody is told "done" before the commit returned: durable
+//! before acknowledged.
 
-use super::inventory::{InventoryStore, PgInventoryStore, apply_change_in};
-use super::orders::{PLACE_ORDER_SQL, PlaceOrder, insert_order_in};
+use super::batch::{self, BatchTally, JobWrite, OrderFacts, Verdict, WriteSet};
+use super::idempotency::Stored;
+use super::inventory::{InventoryStore, PgInventoryStore};
+use super::orders::{PlaceOrder, record_discarded};
 use super::{PgPool, StoreError};
 use crate::domain::inventory::{CategorySpec, Change, LoadedOrder};
 use futures::future::BoxFuture;
@@ -44,13 +50,32 @@ pub struct WriterStats {
     pub batches: AtomicU64,
     /// Jobs committed.
     pub jobs: AtomicU64,
-    /// Jobs refused alone (rolled back to their savepoint).
+    /// Jobs refused alone (a check, rows not where the job expected, or a constraint); the
+    /// rest of their batch committed.
     pub refused: AtomicU64,
     /// Jobs failed because their batch's commit failed.
     pub failed: AtomicU64,
     /// Batches run again after Postgres aborted them to break a deadlock.
     pub retried: AtomicU64,
+    /// Statements sent, BEGIN and COMMIT included (a batch's cost in round trips and parsing
+    /// is what the set-based design keeps fixed).
+    pub statements: AtomicU64,
+    /// Batches rolled back and run again without a culprit, or split to find one.
+    pub split: AtomicU64,
 }
+
+/// What became of a new order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// Committed.
+    Written,
+    /// Not written: its `Idempotency-Key` already has a stored answer (request hash, status,
+    /// body), which the caller replays or refuses as a reused key.
+    Replayed(Stored),
+}
+
+/// A job's answer.
+type JobResult = Result<Placed, StoreError>;
 
 /// The writer's sessions abort a transaction left idle this long (`Stores::connect` sets it):
 /// a batch whose COMMIT never reached the server must not hold its seat locks for hours.
@@ -71,7 +96,33 @@ enum Write {
 
 struct Job {
     write: Write,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+    reply: oneshot::Sender<JobResult>,
+}
+
+impl Job {
+    /// The job as the batch statements see it.
+    fn as_write(&self) -> JobWrite<'_> {
+        match &self.write {
+            Write::Changes(changes) => JobWrite::Changes(changes),
+            Write::Order(order) => JobWrite::Order(order),
+        }
+    }
+
+    /// Its refusal when its rows were not where it expected (or clash with another job's):
+    /// for an order the actors' memory disagrees with Postgres (they reload on this code);
+    /// for a change the actor reloads on a conflict.
+    fn mismatch(&self) -> StoreError {
+        match &self.write {
+            Write::Order(_) => StoreError::Refused {
+                code: "SEAT_UNAVAILABLE",
+                message: "a seat was taken meanwhile".into(),
+            },
+            Write::Changes(changes) => StoreError::Conflict(format!(
+                "changes of order {} found their rows moved",
+                changes.first().map_or(0, |c| c.order_no)
+            )),
+        }
+    }
 }
 
 /// Handle to the writer task; cheap to clone.
@@ -104,12 +155,15 @@ impl GroupCommitWriter {
     /// `Ok` only after the commit succeeded.
     pub async fn submit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
         let order_no = changes.first().map_or(0, |c| c.order_no);
-        self.enqueue(order_no, Write::Changes(changes)).await
+        self.enqueue(order_no, Write::Changes(changes))
+            .await
+            .map(|_| ())
     }
 
-    /// Commits a new order (see [`PlaceOrder`]); `Ok` only after the commit succeeded. A business
-    /// refusal inside the transaction comes back as [`StoreError::Refused`].
-    pub async fn place_order(&self, order: PlaceOrder) -> Result<(), StoreError> {
+    /// Commits a new order (see [`PlaceOrder`]); `Ok(Written)` only after the commit succeeded.
+    /// A refusal of the writer's checks (account limit, ticket buyers, key in use) comes back as
+    /// [`StoreError::Refused`], a key with a stored answer as [`Placed::Replayed`].
+    pub async fn place_order(&self, order: PlaceOrder) -> Result<Placed, StoreError> {
         let order_no = order.order_no;
         self.enqueue(order_no, Write::Order(Box::new(order))).await
     }
@@ -119,7 +173,7 @@ impl GroupCommitWriter {
         (order_no & 15) as usize % self.shards.len()
     }
 
-    async fn enqueue(&self, order_no: i64, write: Write) -> Result<(), StoreError> {
+    async fn enqueue(&self, order_no: i64, write: Write) -> JobResult {
         let (reply, answer) = oneshot::channel();
         self.shards[self.shard_of(order_no)]
             .send(Job { write, reply })
@@ -171,65 +225,143 @@ async fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, settings: WriterSettin
     batch
 }
 
+/// Commits `batch`, answering every job. A batch rolled back for a culprit runs again without
+/// it; one refused by a constraint is split in halves until the job that breaks it stands
+/// alone (a bug: the checks and the actors should have kept it out).
 async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
-    let size = batch.len() as u64;
-    let mut outcome = write_and_resolve(pool, &batch).await;
+    let mut answers: Vec<Option<JobResult>> = (0..batch.len()).map(|_| None).collect();
+    let mut groups = vec![(0..batch.len()).collect::<Vec<usize>>()];
+    while let Some(group) = groups.pop() {
+        match attempt(pool, &batch, &group, stats).await {
+            Ok(Attempt::Committed(results)) => {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("writer_batches_total").increment(1);
+                metrics::histogram!("writer_batch_size").record(group.len() as f64);
+                for (i, result) in group.into_iter().zip(results) {
+                    answers[i] = Some(result);
+                }
+            }
+            Ok(Attempt::Mismatched(culprits)) => {
+                stats.split.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(jobs = ?culprits, "rows not where jobs expected them; committing the rest without them");
+                for &i in &culprits {
+                    answers[i] = Some(Err(batch[i].mismatch()));
+                }
+                let rest: Vec<usize> = group
+                    .into_iter()
+                    .filter(|i| !culprits.contains(i))
+                    .collect();
+                if !rest.is_empty() {
+                    groups.push(rest);
+                }
+            }
+            Err(failure) if failure.constraint.is_some() && group.len() > 1 => {
+                stats.split.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %failure.error, jobs = group.len(), "a constraint refused a batch; splitting it");
+                let (first, second) = group.split_at(group.len() / 2);
+                groups.push(second.to_vec());
+                groups.push(first.to_vec());
+            }
+            Err(failure) if failure.constraint.is_some() => {
+                answers[group[0]] = Some(Err(set_aside(pool, &batch[group[0]], &failure).await));
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure.error, jobs = group.len(), "group commit failed");
+                for i in group {
+                    answers[i] = Some(Err(failure.error.clone()));
+                }
+            }
+        }
+    }
+    reply(batch, answers, stats);
+}
+
+/// Sends every job its answer and counts them.
+fn reply(batch: Vec<Job>, answers: Vec<Option<JobResult>>, stats: &WriterStats) {
+    for (job, answer) in batch.into_iter().zip(answers) {
+        let answer =
+            answer.unwrap_or_else(|| Err(StoreError::Postgres("the writer lost a job".into())));
+        let counter = match &answer {
+            Ok(_) => &stats.jobs,
+            Err(StoreError::Refused { .. } | StoreError::Conflict(_)) => &stats.refused,
+            Err(_) => &stats.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// The job a constraint refused on its own: an order is recorded as discarded (operators see
+/// it; it was never acknowledged) and refused with the code its constraint stands for; a change
+/// is a conflict, on which its actor reloads.
+async fn set_aside(pool: &PgPool, job: &Job, failure: &BatchFailure) -> StoreError {
+    tracing::error!(error = %failure.error, "a constraint refused a job alone; set aside");
+    let Write::Order(order) = &job.write else {
+        return StoreError::Conflict(failure.error.to_string());
+    };
+    let constraint = failure.constraint.as_deref().unwrap_or_default();
+    if let Err(e) = record_discarded(pool, order, &failure.error.to_string()).await {
+        tracing::error!(order_no = order.order_no, error = %e, "discarded order not recorded");
+    }
+    let (code, message) = batch::refusal_for_constraint(constraint);
+    StoreError::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+/// What one transaction over a group of jobs came to.
+enum Attempt {
+    /// Committed; every job's answer, in the group's order.
+    Committed(Vec<JobResult>),
+    /// Rolled back: these jobs' rows were not in the state they expected.
+    Mismatched(Vec<usize>),
+}
+
+/// Runs the group, again if Postgres aborted it to break a deadlock (rolled back whole, its
+/// seats still reserved by their actors, so running it again is safe).
+async fn attempt(
+    pool: &PgPool,
+    batch: &[Job],
+    group: &[usize],
+    stats: &WriterStats,
+) -> Result<Attempt, BatchFailure> {
+    let mut outcome = write_and_resolve(pool, batch, group, stats).await;
     for attempt in 2..=ATTEMPTS {
         if !outcome
             .as_ref()
-            .is_err_and(super::postgres::is_transient_conflict)
+            .is_err_and(|f| super::postgres::is_transient_conflict(&f.error))
         {
             break;
         }
         // Shards share rows only in shared places (general-admission counters); Postgres
         // breaks a deadlock there by aborting one batch, which rolled back whole.
         tracing::warn!(
-            jobs = size,
+            jobs = group.len(),
             attempt,
             "group commit hit a deadlock; running the batch again"
         );
         stats.retried.fetch_add(1, Ordering::Relaxed);
-        outcome = write_and_resolve(pool, &batch).await;
+        outcome = write_and_resolve(pool, batch, group, stats).await;
     }
-    match outcome {
-        Ok(results) => {
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            metrics::histogram!("writer_batch_size").record(size as f64);
-            for (job, result) in batch.into_iter().zip(results) {
-                let counter = if result.is_ok() {
-                    &stats.jobs
-                } else {
-                    &stats.refused
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                let _ = job.reply.send(result);
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, jobs = size, "group commit failed");
-            stats.failed.fetch_add(size, Ordering::Relaxed);
-            for job in batch {
-                let _ = job.reply.send(Err(e.clone()));
-            }
-        }
-    }
+    outcome
 }
 
-/// Per-job results of a committed batch.
-type JobResults = Vec<Result<(), StoreError>>;
-
-/// Why a batch did not report a commit.
+/// Why a group did not report a commit.
 struct BatchFailure {
     error: StoreError,
-    /// Set when `COMMIT` itself failed: the batch's transaction id and the per-job results it
-    /// would have, for asking Postgres what became of it.
-    at_commit: Option<(i64, JobResults)>,
+    /// The constraint that refused the batch, if one did (SQLSTATE class 23).
+    constraint: Option<String>,
+    /// Set when `COMMIT` itself failed: the transaction id and the answers the jobs would
+    /// have, for asking Postgres what became of it.
+    at_commit: Option<(i64, Vec<JobResult>)>,
 }
 
 impl From<StoreError> for BatchFailure {
     fn from(error: StoreError) -> Self {
         BatchFailure {
             error,
+            constraint: None,
             at_commit: None,
         }
     }
@@ -237,7 +369,17 @@ impl From<StoreError> for BatchFailure {
 
 impl From<tokio_postgres::Error> for BatchFailure {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::from(e).into()
+        batch::WriteError::from(e).into()
+    }
+}
+
+impl From<batch::WriteError> for BatchFailure {
+    fn from(e: batch::WriteError) -> Self {
+        BatchFailure {
+            error: e.error,
+            constraint: e.constraint,
+            at_commit: None,
+        }
     }
 }
 
@@ -247,23 +389,28 @@ impl From<deadpool_postgres::PoolError> for BatchFailure {
     }
 }
 
-/// Runs the batch; if the answer to its `COMMIT` was lost (the connection broke), asks Postgres
+/// Runs the group; if the answer to its `COMMIT` was lost (the connection broke), asks Postgres
 /// whether that transaction committed, so that nobody is told "failed" about a committed order
 /// (its seats would be freed in the actors while Postgres holds them) or "done" about one that
 /// did not commit.
-async fn write_and_resolve(pool: &PgPool, batch: &[Job]) -> Result<JobResults, StoreError> {
-    let failure = match write_batch(pool, batch).await {
-        Ok(results) => return Ok(results),
+async fn write_and_resolve(
+    pool: &PgPool,
+    batch: &[Job],
+    group: &[usize],
+    stats: &WriterStats,
+) -> Result<Attempt, BatchFailure> {
+    let mut failure = match write_group(pool, batch, group, stats).await {
+        Ok(attempt) => return Ok(attempt),
         Err(failure) => failure,
     };
-    let Some((xid, results)) = failure.at_commit else {
-        return Err(failure.error);
+    let Some((xid, results)) = failure.at_commit.take() else {
+        return Err(failure);
     };
     tracing::warn!(xid, error = %failure.error, "the answer to a batch's COMMIT was lost; asking Postgres");
     match commit_status(pool, xid).await {
-        Some(true) => Ok(results),
-        Some(false) => Err(failure.error),
-        None => Err(StoreError::CommitUnknown(failure.error.to_string())),
+        Some(true) => Ok(Attempt::Committed(results)),
+        Some(false) => Err(failure),
+        None => Err(StoreError::CommitUnknown(failure.error.to_string()).into()),
     }
 }
 
@@ -292,69 +439,94 @@ async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool> {
     None
 }
 
-/// One transaction; per-job results, or the error that failed the whole batch. Change jobs run
-/// one by one under a savepoint each; order jobs are one statement each (refusals handled inside
-/// it), sent pipelined so a batch of orders costs about one round trip.
-async fn write_batch(pool: &PgPool, batch: &[Job]) -> Result<JobResults, BatchFailure> {
+/// One transaction over the jobs `group` names: BEGIN; the transaction id and the orders'
+/// checks (pipelined); every write (pipelined); COMMIT — four round trips and at most a dozen
+/// statements, whatever the group's size.
+async fn write_group(
+    pool: &PgPool,
+    batch: &[Job],
+    group: &[usize],
+    stats: &WriterStats,
+) -> Result<Attempt, BatchFailure> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let orders: Vec<&PlaceOrder> = group.iter().filter_map(|&i| order_of(&batch[i])).collect();
     // The id to ask `txid_status` about should the answer to COMMIT be lost.
-    let xid: i64 = tx.query_one("SELECT txid_current()", &[]).await?.get(0);
-    let mut results: Vec<Option<Result<(), StoreError>>> = (0..batch.len()).map(|_| None).collect();
-    for (i, job) in batch.iter().enumerate() {
-        if let Write::Changes(changes) = &job.write {
-            tx.batch_execute("SAVEPOINT job").await?;
-            let result = write_changes(&tx, changes).await;
-            let end = if result.is_ok() {
-                "RELEASE SAVEPOINT job"
-            } else {
-                "ROLLBACK TO SAVEPOINT job"
-            };
-            tx.batch_execute(end).await?;
-            results[i] = Some(result);
+    let (xid, facts) = futures::join!(tx.query_one("SELECT txid_current()", &[]), async {
+        if orders.is_empty() {
+            return Ok(Vec::new());
         }
+        batch::check_orders(&tx, &orders).await
+    });
+    let (xid, facts): (i64, Vec<OrderFacts>) = (xid?.get(0), facts?);
+    let mut sent = 3 + u64::from(!orders.is_empty());
+    let (set, mut answers) = decide(batch, group, &facts);
+    let mismatched = if set.is_empty() {
+        Vec::new()
+    } else {
+        let written = batch::write(&tx, &set).await;
+        sent += written.as_ref().map_or(0, |w| w.statements);
+        count_statements(stats, sent);
+        written?.mismatched
+    };
+    if !mismatched.is_empty() {
+        tx.rollback().await?;
+        return Ok(Attempt::Mismatched(mismatched));
     }
-    if batch.iter().any(|j| matches!(j.write, Write::Order(_))) {
-        let statement = tx.prepare_cached(PLACE_ORDER_SQL).await?;
-        let orders = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, job)| match &job.write {
-                Write::Order(order) => Some((i, order)),
-                Write::Changes(_) => None,
-            });
-        let placed = futures::future::join_all(orders.map(|(i, order)| {
-            let (tx, statement) = (&tx, &statement);
-            async move { (i, insert_order_in(tx, statement, order).await) }
-        }))
-        .await;
-        for (i, result) in placed {
-            match result {
-                // Not a refusal: the transaction is unusable, so the whole batch fails (with the
-                // error as Postgres gave it: its SQLSTATE decides whether to run it again).
-                Err(e) if !matches!(e, StoreError::Refused { .. }) => return Err(e.into()),
-                result => results[i] = Some(result),
-            }
-        }
+    if set.is_empty() {
+        count_statements(stats, sent);
     }
-    let results: JobResults = results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect();
+    for &i in &set.clashes {
+        answers[i] = Some(Err(batch[i].mismatch()));
+    }
+    let results: Vec<JobResult> = group
+        .iter()
+        .map(|&i| answers[i].take().unwrap_or(Ok(Placed::Written)))
+        .collect();
     match tx.commit().await {
-        Ok(()) => Ok(results),
+        Ok(()) => Ok(Attempt::Committed(results)),
         Err(e) => Err(BatchFailure {
-            error: e.into(),
             at_commit: Some((xid, results)),
+            ..e.into()
         }),
     }
 }
 
-async fn write_changes(
-    tx: &deadpool_postgres::Transaction<'_>,
-    changes: &[Change],
-) -> Result<(), StoreError> {
-    for change in changes {
-        apply_change_in(tx, change).await?;
+fn count_statements(stats: &WriterStats, n: u64) {
+    stats.statements.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!("writer_statements_total").increment(n);
+}
+
+fn order_of(job: &Job) -> Option<&PlaceOrder> {
+    match &job.write {
+        Write::Order(order) => Some(order),
+        Write::Changes(_) => None,
     }
-    Ok(())
+}
+
+/// Judges the group's orders in order (each sees the ones before it as written) and stages
+/// what passes; answers, by batch index, the jobs that are not written.
+fn decide(
+    batch: &[Job],
+    group: &[usize],
+    facts: &[OrderFacts],
+) -> (WriteSet, Vec<Option<JobResult>>) {
+    let mut answers: Vec<Option<JobResult>> = (0..batch.len()).map(|_| None).collect();
+    let (mut set, mut tally) = (WriteSet::default(), BatchTally::default());
+    let mut facts = facts.iter();
+    for &i in group {
+        let job = &batch[i];
+        let verdict = match order_of(job) {
+            None => Verdict::Write,
+            Some(order) => tally.judge(order, facts.next().unwrap_or(&OrderFacts::default())),
+        };
+        match verdict {
+            Verdict::Write => set.stage(i, job.as_write()),
+            Verdict::Refuse(e) => answers[i] = Some(Err(e)),
+            Verdict::Replay(stored) => answers[i] = Some(Ok(Placed::Replayed(stored))),
+        }
+    }
+    (set, answers)
 }
 
 /// The actors' store in production: loads like [`PgInventoryStore`], writes through the

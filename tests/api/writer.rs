@@ -10,7 +10,7 @@ use boxoffice::domain::inventory::{Change, ChangeKind, SeatInfo};
 use boxoffice::store::catalog::Layout;
 use boxoffice::store::orders::{IdempotentResult, NewTicket, PlaceOrder};
 use boxoffice::store::postgres;
-use boxoffice::store::writer::{GroupCommitStore, GroupCommitWriter, WriterSettings};
+use boxoffice::store::writer::{GroupCommitStore, GroupCommitWriter, Placed, WriterSettings};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -271,22 +271,16 @@ async fn a_deadlock_on_a_shared_ga_counter_is_retried_and_every_order_answered()
     )
     .await;
     let ga = cats[0];
-    let crowd = crate::helpers::mint_buyers(&pool, &settings, 2, 1).await;
     let client = pool.get().await.unwrap();
-    let mut orders = Vec::new();
     let ids = OrderNoGenerator::new(1);
-    for b in &crowd {
-        let user: i64 = client
-            .query_one(
-                "SELECT user_id FROM ticket_buyers WHERE id = $1",
-                &[&b.buyers[0]],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let no = ids.next(user, chrono::Utc::now().timestamp_millis());
-        orders.push(ga_order(no, user, program, ga, b.buyers[0]));
-    }
+    let orders: Vec<PlaceOrder> = users_with_buyers(&pool, &settings, 2, 1)
+        .await
+        .into_iter()
+        .map(|(user, buyers)| {
+            let no = ids.next(user, chrono::Utc::now().timestamp_millis());
+            ga_order(no, user, program, ga, buyers[0])
+        })
+        .collect();
     let writer = GroupCommitWriter::start(
         pool.clone(),
         WriterSettings {
@@ -346,7 +340,7 @@ async fn a_deadlock_on_a_shared_ga_counter_is_retried_and_every_order_answered()
     blocker.batch_execute("ROLLBACK").await.unwrap();
     for p in placing {
         assert!(
-            matches!(p.await.unwrap(), Ok(())),
+            matches!(p.await.unwrap(), Ok(Placed::Written)),
             "every order of both shards is answered Ok"
         );
     }
@@ -365,4 +359,265 @@ async fn a_deadlock_on_a_shared_ga_counter_is_retried_and_every_order_answered()
         .unwrap()
         .get(0);
     assert_eq!(taken, 2);
+}
+
+/// Users with `holders` ticket buyers each: (user id, ticket buyer ids).
+async fn users_with_buyers(
+    pool: &boxoffice::store::PgPool,
+    settings: &boxoffice::config::Settings,
+    n: usize,
+    holders: usize,
+) -> Vec<(i64, Vec<i64>)> {
+    let crowd = crate::helpers::mint_buyers(pool, settings, n, holders).await;
+    let client = pool.get().await.unwrap();
+    let mut out = Vec::new();
+    for b in crowd {
+        let user: i64 = client
+            .query_one(
+                "SELECT user_id FROM ticket_buyers WHERE id = $1",
+                &[&b.buyers[0]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        out.push((user, b.buyers));
+    }
+    out
+}
+
+/// Places `orders` concurrently on `writer`; their answers in the same order.
+async fn place_all(
+    writer: &GroupCommitWriter,
+    orders: Vec<PlaceOrder>,
+) -> Vec<Result<Placed, boxoffice::store::StoreError>> {
+    let placing: Vec<_> = orders
+        .into_iter()
+        .map(|o| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.place_order(o).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in placing {
+        out.push(p.await.unwrap());
+    }
+    out
+}
+
+fn written(r: &Result<Placed, boxoffice::store::StoreError>) -> bool {
+    matches!(r, Ok(Placed::Written))
+}
+
+fn refusal_code(r: &Result<Placed, boxoffice::store::StoreError>) -> Option<&'static str> {
+    match r {
+        Err(boxoffice::store::StoreError::Refused { code, .. }) => Some(code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_answers_each_order_its_own_check() {
+    use boxoffice::domain::order_no::OrderNoGenerator;
+    let (_db, pool, settings) = TestDb::migrated().await;
+    let (program, cats) = create_program(
+        &pool,
+        "mixed",
+        &[("Standing", 1_000, Layout::General { capacity: 100 })],
+    )
+    .await;
+    let ga = cats[0];
+    let people = users_with_buyers(&pool, &settings, 6, 2).await;
+    let ids = OrderNoGenerator::new(1);
+    let now = chrono::Utc::now().timestamp_millis();
+    let order = |who: usize, buyer: i64, n: i64| {
+        let user = people[who].0;
+        ga_order(ids.next(user, now + n), user, program, ga, buyer)
+    };
+    // Earlier, committed alone: user 2 holds one ticket (their limit will be 1), user 3's first
+    // ticket buyer holds one, user 5's order answered under key-…
+    let writer = GroupCommitWriter::start(pool.clone(), settings_of(7, 5_000));
+    let earlier = vec![order(2, people[2].1[0], 0), order(3, people[3].1[0], 0)];
+    let mut replayed = order(5, people[5].1[0], 0);
+    let mut earlier = earlier;
+    earlier.push(replayed.clone());
+    let mut filler = earlier.clone();
+    // Fill the batch of 7 so the earlier orders commit at once.
+    for k in 0..4 {
+        filler.push(order(0, people[0].1[k % 2], 100 + k as i64));
+    }
+    let _ = filler.split_off(7);
+    let first = place_all(&writer, filler).await;
+    assert!(first[..3].iter().all(written), "{first:?}");
+    let before = writer.stats().batches.load(Ordering::Relaxed);
+
+    let good_a = order(1, people[1].1[0], 1);
+    let good_b = order(4, people[4].1[0], 1);
+    let mut over_limit = order(2, people[2].1[1], 1);
+    over_limit.per_account_limit = 1;
+    let has_ticket = order(3, people[3].1[0], 1);
+    let twice_first = order(4, people[4].1[1], 2);
+    let twice_again = order(4, people[4].1[1], 3);
+    let foreign = order(1, people[2].1[1], 4);
+    replayed.order_no = ids.next(people[5].0, now + 9);
+    let batch = vec![
+        good_a,
+        good_b,
+        over_limit,
+        has_ticket,
+        twice_first,
+        twice_again,
+        foreign,
+    ];
+    let mut answers = place_all(&writer, batch.clone()).await;
+    let stats = writer.stats();
+    assert_eq!(
+        stats.batches.load(Ordering::Relaxed),
+        before + 1,
+        "the seven orders shared one transaction"
+    );
+    assert!(written(&answers[0]), "{:?}", answers[0]);
+    assert!(written(&answers[1]), "{:?}", answers[1]);
+    assert_eq!(
+        refusal_code(&answers[2]),
+        Some("LIMIT_EXCEEDED"),
+        "{:?}",
+        answers[2]
+    );
+    assert_eq!(
+        refusal_code(&answers[3]),
+        Some("BUYER_HAS_TICKET"),
+        "{:?}",
+        answers[3]
+    );
+    assert!(written(&answers[4]), "first claim of a buyer in the batch");
+    assert_eq!(
+        refusal_code(&answers[5]),
+        Some("BUYER_HAS_TICKET"),
+        "second in one batch"
+    );
+    assert_eq!(
+        refusal_code(&answers[6]),
+        Some("VALIDATION"),
+        "someone else's ticket buyer"
+    );
+    answers.clear();
+
+    // A key that already has an answer replays it instead of writing.
+    let again = place_all(&writer, vec![replayed.clone()]).await;
+    assert!(matches!(&again[0], Ok(Placed::Replayed((hash, 201, _))) if *hash == vec![1]));
+
+    let client = pool.get().await.unwrap();
+    let written: Vec<i64> = client
+        .query(
+            "SELECT order_no FROM orders WHERE order_no = ANY($1) ORDER BY order_no",
+            &[&batch.iter().map(|o| o.order_no).collect::<Vec<_>>()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected = vec![batch[0].order_no, batch[1].order_no, batch[4].order_no];
+    expected.sort_unstable();
+    assert_eq!(
+        written, expected,
+        "only the accepted orders are in Postgres"
+    );
+    let row = client
+        .query_one(
+            "SELECT ga_taken, (SELECT count(*) FROM tickets WHERE program_id = $2)
+             FROM ticket_categories WHERE id = $1",
+            &[&ga, &program],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        i64::from(row.get::<_, i32>(0)),
+        row.get::<_, i64>(1),
+        "counter = tickets"
+    );
+}
+
+/// A seated order for one seat.
+fn seated_order(
+    order_no: i64,
+    user_id: i64,
+    program_id: i64,
+    seat: SeatInfo,
+    category: i64,
+    buyer: i64,
+) -> PlaceOrder {
+    let mut o = ga_order(order_no, user_id, program_id, category, buyer);
+    o.tickets[0].seat_id = Some(seat.id);
+    o.changes[0].seats = vec![seat];
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_a_constraint_refuses_is_split_and_the_culprit_set_aside() {
+    use boxoffice::domain::order_no::OrderNoGenerator;
+    let (_db, pool, settings) = TestDb::migrated().await;
+    let (program, cats) = create_program(
+        &pool,
+        "culprit",
+        &[(
+            "Seated",
+            1_000,
+            Layout::Seated {
+                rows: 2,
+                seats_per_row: 4,
+            },
+        )],
+    )
+    .await;
+    let seats = first_seats(&pool, cats[0], 4).await;
+    let people = users_with_buyers(&pool, &settings, 4, 1).await;
+    // A bug's footprint: seat 0 is free in its row but claimed by a live order.
+    let client = pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO seat_claims (seat_id, order_no) VALUES ($1, 42)",
+            &[&seats[0].id],
+        )
+        .await
+        .unwrap();
+    let ids = OrderNoGenerator::new(1);
+    let now = chrono::Utc::now().timestamp_millis();
+    let orders: Vec<PlaceOrder> = (0..4)
+        .map(|k| {
+            let (user, buyers) = &people[k];
+            seated_order(
+                ids.next(*user, now),
+                *user,
+                program,
+                seats[k],
+                cats[0],
+                buyers[0],
+            )
+        })
+        .collect();
+    let writer = GroupCommitWriter::start(pool.clone(), settings_of(4, 5_000));
+    let answers = place_all(&writer, orders.clone()).await;
+    assert_eq!(
+        refusal_code(&answers[0]),
+        Some("SEAT_UNAVAILABLE"),
+        "{:?}",
+        answers[0]
+    );
+    assert!(answers[1..].iter().all(written), "{answers:?}");
+    assert!(writer.stats().split.load(Ordering::Relaxed) >= 1);
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM seats WHERE status = 'held'),
+                    (SELECT count(*) FROM discarded_orders WHERE order_no = $1)",
+            &[&orders[0].order_no],
+        )
+        .await
+        .unwrap();
+    let (orders_in, held, discarded): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (orders_in, held, discarded),
+        (3, 3, 1),
+        "the rest committed, the culprit recorded"
+    );
 }
