@@ -230,6 +230,133 @@ async fn a_closed_order_cannot_become_live_again() {
 }
 
 #[tokio::test]
+async fn one_statement_of_many_tickets_claims_them_all_or_none() {
+    let f = fixture().await;
+    let (a, b) = (f.order_no(1), f.order_no(2));
+    f.insert_order(a).await;
+    f.insert_order(b).await;
+    let client = f.pool.get().await.unwrap();
+    let insert = "INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id,
+                                       ticket_buyer_id, seat_id, price_cents)
+                  SELECT o, $2, l, $3, $4, $5, bu, s, 100
+                  FROM unnest($1::bigint[], $6::smallint[], $7::bigint[], $8::bigint[]) AS x (o, l, bu, s)";
+    let params = |orders: Vec<i64>, buyers: Vec<i64>, seats: Vec<i64>| {
+        let lines: Vec<i16> = (1..=orders.len() as i16).collect();
+        (orders, lines, buyers, seats)
+    };
+    let (o, l, bu, se) = params(vec![a, a], f.buyers[..2].to_vec(), f.seats[..2].to_vec());
+    client
+        .execute(
+            insert,
+            &[
+                &o,
+                &gene(a),
+                &f.user_id,
+                &f.program_id,
+                &f.category_id,
+                &l,
+                &bu,
+                &se,
+            ],
+        )
+        .await
+        .expect("two tickets, two claims");
+    // One statement whose second ticket clashes with a live claim: refused whole.
+    let (o, l, bu, se) = params(
+        vec![b, b],
+        vec![f.buyers[2], f.buyers[0]],
+        vec![f.seats[2], f.seats[3]],
+    );
+    let err = client
+        .execute(
+            insert,
+            &[
+                &o,
+                &gene(b),
+                &f.user_id,
+                &f.program_id,
+                &f.category_id,
+                &l,
+                &bu,
+                &se,
+            ],
+        )
+        .await
+        .expect_err("a buyer already holding a live ticket");
+    unique_violation_on(err, "buyer_claims_pkey");
+    let claims: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM seat_claims) + (SELECT count(*) FROM buyer_claims)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        claims, 4,
+        "the first statement's claims, none of the second's"
+    );
+}
+
+#[tokio::test]
+async fn no_trigger_on_the_order_tables_fires_per_row() {
+    let (_db, pool, _) = TestDb::migrated().await;
+    let client = pool.get().await.unwrap();
+    let per_row: Vec<String> = client
+        .query(
+            "SELECT tgname::text FROM pg_trigger t
+             WHERE NOT tgisinternal AND (tgtype & 1) = 1
+               AND tgrelid IN (SELECT 'orders'::regclass UNION SELECT 'tickets'::regclass
+                               UNION SELECT inhrelid FROM pg_inherits
+                               WHERE inhparent IN ('orders'::regclass, 'tickets'::regclass))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(per_row.is_empty(), "row-level triggers: {per_row:?}");
+}
+
+#[tokio::test]
+async fn holding_releasing_and_selling_a_seat_are_hot_updates() {
+    let f = fixture().await;
+    let mut client = f.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let order = f.order_no(1);
+    for (status, order_no, expires) in [
+        ("held", Some(order), "now() + interval '15 minutes'"),
+        ("available", None, "NULL"),
+        ("held", Some(order), "now() + interval '15 minutes'"),
+        ("sold", Some(order), "NULL"),
+    ] {
+        tx.execute(
+            &format!(
+                "UPDATE seats SET status = $2, order_no = $3, hold_expires_at = {expires} WHERE id = $1"
+            ),
+            &[&f.seats[0], &status, &order_no],
+        )
+        .await
+        .unwrap();
+    }
+    let row = tx
+        .query_one(
+            "SELECT pg_stat_get_xact_tuples_updated('seats'::regclass),
+                    pg_stat_get_xact_tuples_hot_updated('seats'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (updated, hot): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(updated, 4);
+    assert_eq!(
+        hot, 4,
+        "no index covers a column a hold changes, and the page has room"
+    );
+}
+
+#[tokio::test]
 async fn an_order_number_must_carry_its_users_gene() {
     let f = fixture().await;
     let wrong = f.order_no(1) ^ 1;
