@@ -93,7 +93,9 @@ enum BenchCommand {
         out: PathBuf,
     },
     /// Buyers race over HTTP for one hot seated category until sold out: group commit vs one
-    /// transaction per order, plus the trivial-endpoint ceiling, alternating rounds.
+    /// transaction per order (every connection / one writer) vs a non-durable Redis-Lua order
+    /// path, plus the trivial-endpoint ceiling, alternating rounds; Postgres CPU and writer
+    /// statements per batch, judged against the targets.
     Ordering {
         /// Buyers racing (one seat each).
         #[arg(long, default_value_t = 2_000)]

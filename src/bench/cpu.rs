@@ -2,9 +2,14 @@
 //! and the benchmark's clients live here), `redis-server` and every `postgres` process (backends
 //! plus the WAL writer and friends, which do work on behalf of commits).
 //!
+//! [`postgres_ticks`] reads a chosen set of `postgres` processes (`bench ordering` charges only
+//! the backends of its own database plus the shared background processes, so other databases'
+//! work on a shared machine is not counted).
+//!
 //! Every variant is charged the same set of processes, so an idle server costs every variant the
 //! same (almost nothing) and the ratios compare the work each design causes.
 
+use std::collections::BTreeMap;
 use std::fs;
 
 /// Linux reports `utime`/`stime` in USER_HZ ticks, which is 100 per second on every platform
@@ -39,6 +44,23 @@ fn comm(pid: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// utime + stime, in ticks, of those of `pids` that are `postgres` processes (a pid that exited
+/// or was reused by another program is left out, so a delta never charges a stranger).
+pub fn postgres_ticks(pids: &[u32]) -> BTreeMap<u32, u64> {
+    pids.iter()
+        .filter(|pid| comm(&pid.to_string()).as_deref() == Some("postgres"))
+        .filter_map(|pid| Some((*pid, process_ticks(&pid.to_string())?)))
+        .collect()
+}
+
+/// The parent of process `pid` (field 4 of `/proc/<pid>/stat`): a backend's parent is the
+/// postmaster, which forks every connection.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// utime + stime of a whole process (all threads), in ticks.
 pub(crate) fn process_ticks(pid: &str) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -64,6 +86,16 @@ mod tests {
     fn stat_fields_are_found_after_a_comm_with_spaces() {
         let stat = "42 (tokio rt (x)) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0";
         assert_eq!(parse_stat_ticks(stat), Some(325));
+    }
+
+    #[test]
+    fn own_parent_is_found_and_strangers_are_not_postgres() {
+        let own = std::process::id();
+        assert_eq!(parent_pid(own), Some(std::os::unix::process::parent_id()));
+        assert!(
+            postgres_ticks(&[own]).is_empty(),
+            "this test is not postgres"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!   row-lock designs.
 //! - [`catalog`] — program detail and list over HTTP with a warm cache against no cache.
 //! - [`ordering`] — buyers racing over HTTP for a hot category: group commit against one
-//!   transaction per order.
+//!   transaction per order, and against a non-durable Redis-Lua order path (`ordering_lua`).
 //! - [`events`] — the outbox relay batched against one publish at a time, ordering with the
 //!   relay and consumers running against stopped, and the commit-to-consumer delay.
 //! - [`ws`] — thousands of seat-map subscribers: memory per connection, change-to-last-
@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod cpu;
 pub mod events;
 pub mod ordering;
+mod ordering_lua;
 pub mod seat_hold;
 pub mod targets;
 pub mod ws;
@@ -260,8 +261,11 @@ pub struct Target {
     pub required: f64,
     /// Measured value.
     pub measured: f64,
-    /// `measured >= required`.
+    /// `measured >= required`, or `measured <= required` for an [`Target::at_most`] target.
     pub met: bool,
+    /// Lower is better (a cost, not a rate); left out of the JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub at_most: bool,
 }
 
 impl Target {
@@ -272,6 +276,19 @@ impl Target {
             required,
             measured,
             met: measured >= required,
+            at_most: false,
+        }
+    }
+
+    /// `name` measured against a ceiling `required` (met when no higher): costs such as CPU
+    /// per order, where lower is better.
+    pub fn at_most(name: String, required: f64, measured: f64) -> Target {
+        Target {
+            name,
+            required,
+            measured,
+            met: measured <= required,
+            at_most: true,
         }
     }
 }
@@ -282,8 +299,9 @@ pub fn render_targets(targets: &[Target]) -> String {
         .iter()
         .map(|t| {
             format!(
-                "target {:<38} required >= {:<5} measured {:>8.2}  {}\n",
+                "target {:<38} required {} {:<5} measured {:>8.2}  {}\n",
                 t.name,
+                if t.at_most { "<=" } else { ">=" },
                 t.required,
                 t.measured,
                 if t.met { "met" } else { "MISSED" }

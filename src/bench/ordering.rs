@@ -3,9 +3,18 @@
 //! committing each order in its own transaction on every pool connection in parallel, and (B′)
 //! the same with the single writer committing each order in its own transaction (see `MODES`).
 //! Alternating rounds, a fresh program per round, one process. The same server's requests/s on a
-//! trivial JSON endpoint (`/healthz`) is measured as the HTTP ceiling.
+//! trivial JSON endpoint (`/healthz`) is measured as the HTTP ceiling, and the Redis-Lua order
+//! path boxoffice replaces (`redis_lua`, see [`super::ordering_lua`]) as the non-durable anchor.
+//!
+//! Per round and mode it also charges the Postgres CPU the race used (the scratch database's
+//! backends, the shared background processes and the postmaster, from `/proc`; other databases
+//! on the machine are not counted) and the writer's statements and batches (deltas of the
+//! process-wide `writer_statements_total` / `writer_batches_total` counters on `/metrics`).
+//! Before each round Postgres is given time to go quiet, so the event relay still working off
+//! the previous round is not charged to the next mode.
 
-use super::{Latencies, Scratch, Server, get_load, ratio};
+use super::ordering_lua::LuaServer;
+use super::{Latencies, Scratch, Server, Target, cpu, get_load, ratio, render_targets};
 use crate::auth::TokenKeys;
 use crate::config::Settings;
 use crate::crypto::IdNumberCipher;
@@ -57,16 +66,20 @@ pub struct Report {
     pub runs: Vec<ModeRun>,
     /// Requests/s of `GET /healthz` on the group-commit server at the same concurrency.
     pub trivial_requests_per_sec: f64,
-    /// `group_vs_per_order` (durable orders/s) and `orders_vs_trivial`.
+    /// Group commit's orders/s ÷ each other mode's (`group_vs_per_order`,
+    /// `group_vs_per_order_one_writer`, `group_vs_redis_lua`) and ÷ the trivial endpoint's
+    /// requests/s (`orders_vs_trivial`).
     pub ratios: BTreeMap<String, f64>,
-    /// No round oversold or lost an acknowledged order.
+    /// The issue's targets and whether this run met them.
+    pub targets: Vec<Target>,
+    /// No round of any mode oversold, lost an acknowledged order or failed a request.
     pub valid: bool,
 }
 
 /// One mode, rounds summed.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeRun {
-    /// `group_commit`, `per_order_tx` or `per_order_tx_one_writer` (see `MODES`).
+    /// `group_commit`, `per_order_tx`, `per_order_tx_one_writer` or `redis_lua` (see `MODES`).
     pub mode: String,
     /// 201s.
     pub orders: u64,
@@ -82,6 +95,15 @@ pub struct ModeRun {
     pub p50_us: u32,
     /// 99th percentile, µs.
     pub p99_us: u32,
+    /// Postgres CPU during the races (see the module docs) per 201, µs; 10 ms ticks, so short
+    /// runs are coarse.
+    pub pg_cpu_us_per_order: f64,
+    /// Batches the writer committed during the races (0 while the counters do not exist).
+    pub writer_batches: u64,
+    /// Statements the writer sent (BEGIN and COMMIT included) per committed batch.
+    pub statements_per_batch: f64,
+    /// 201s per committed batch.
+    pub orders_per_batch: f64,
     /// Invariant violations, if any.
     pub violations: Vec<String>,
 }
@@ -126,40 +148,125 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
         },
     )
     .await?;
+    let lua = LuaServer::start(&scratch.settings, &format!("bench-ordering:{suffix}:lua:")).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
         .build()?;
-    wait_ready(&http, &group.base).await?;
-    wait_ready(&http, &per_order.base).await?;
-    wait_ready(&http, &one_writer.base).await?;
-    let modes = [
-        (MODES[0], group.base.clone()),
-        (MODES[1], per_order.base.clone()),
-        (MODES[2], one_writer.base.clone()),
+    let bench = Bench {
+        pool: &pool,
+        http: &http,
+        racers: &racers,
+        opts,
+        metrics: &group.base,
+    };
+    let contestants = [
+        Contestant::Boxoffice(&group.base),
+        Contestant::Boxoffice(&per_order.base),
+        Contestant::Boxoffice(&one_writer.base),
+        Contestant::RedisLua(&lua),
     ];
-    let mut totals: BTreeMap<usize, Totals> = BTreeMap::new();
-    for round in 0..opts.rounds as usize {
-        for k in 0..modes.len() {
-            let m = (k + round) % modes.len();
-            let (mode, base) = (modes[m].0, &modes[m].1);
-            let (outcome, violations) =
-                sell_out(&pool, &http, base, &racers, opts, mode, round).await?;
-            totals.entry(m).or_default().add(outcome, violations);
-        }
-    }
+    // Everything started is stopped and removed even when a round fails.
+    let measured = bench.rounds(&contestants).await;
     let trivial = trivial_rps(&http, &group.base, opts).await;
     group.stop().await;
     per_order.stop().await;
     one_writer.stop().await;
+    lua.stop().await;
     pool.close();
     scratch.remove().await;
-    Ok(report(opts, &MODES, totals, trivial))
+    Ok(report(opts, &MODES, measured?, trivial))
+}
+
+/// A mode's server: a boxoffice server, or the Redis-Lua anchor.
+enum Contestant<'a> {
+    Boxoffice(&'a str),
+    RedisLua(&'a LuaServer),
+}
+
+/// What every round shares.
+struct Bench<'a> {
+    pool: &'a PgPool,
+    http: &'a reqwest::Client,
+    racers: &'a Arc<Vec<Racer>>,
+    opts: &'a Options,
+    /// A boxoffice server whose `/metrics` is scraped (the recorder is process-wide, so any one
+    /// shows every server's writer counters).
+    metrics: &'a str,
+}
+
+impl Bench<'_> {
+    /// `opts.rounds` rounds of every mode, the order rotating each round so no mode always runs
+    /// first (cold) or last; Postgres goes quiet before each.
+    async fn rounds(
+        &self,
+        contestants: &[Contestant<'_>],
+    ) -> anyhow::Result<BTreeMap<usize, Totals>> {
+        for c in contestants {
+            let base = match c {
+                Contestant::Boxoffice(base) => base,
+                Contestant::RedisLua(lua) => lua.base.as_str(),
+            };
+            wait_ready(self.http, base).await?;
+        }
+        let mut totals: BTreeMap<usize, Totals> = BTreeMap::new();
+        for round in 0..self.opts.rounds as usize {
+            for k in 0..contestants.len() {
+                let m = (k + round) % contestants.len();
+                settle(self.pool).await?;
+                let (outcome, violations) = match contestants[m] {
+                    Contestant::Boxoffice(base) => {
+                        let (pool, http, racers) = (self.pool, self.http, self.racers);
+                        sell_out(pool, http, base, racers, self.opts, MODES[m], round).await?
+                    }
+                    Contestant::RedisLua(lua) => self.sell_out_lua(lua, round).await?,
+                };
+                totals.entry(m).or_default().add(outcome, violations);
+            }
+        }
+        Ok(totals)
+    }
+
+    /// One round on the Redis-Lua anchor: a fresh hot program in Postgres (only to have real
+    /// ids), its seats loaded into Redis, the same race, then the anchor's own invariants.
+    async fn sell_out_lua(
+        &self,
+        lua: &LuaServer,
+        round: usize,
+    ) -> anyhow::Result<(RaceOutcome, Vec<String>)> {
+        let (program, category) =
+            hot_program(self.pool, self.opts.rows, &format!("redis_lua-{round}")).await?;
+        let capacity = lua.open_sale(self.pool, program, category).await?;
+        let before = Probe::take(self.pool, self.http, self.metrics).await?;
+        let mut outcome = race(
+            self.http,
+            &lua.base,
+            self.racers,
+            program,
+            category,
+            self.opts,
+            round,
+        )
+        .await;
+        Probe::take(self.pool, self.http, self.metrics)
+            .await?
+            .charge(&before, &mut outcome);
+        let mut violations = lua.check(category, capacity, outcome.ok).await?;
+        violations.extend(failed_requests(&outcome));
+        log_round("redis_lua", round, &outcome, &violations);
+        Ok((outcome, violations))
+    }
 }
 
 /// (A) as built; (B) one transaction per order on every pool connection in parallel, the
 /// conventional design; (B′) one transaction per order through the single writer, the issue's
 /// literal baseline ("the writer committing each order in its own transaction").
-const MODES: [&str; 3] = ["group_commit", "per_order_tx", "per_order_tx_one_writer"];
+/// The fourth, `redis_lua`, is the non-durable anchor.
+const MODES: [&str; 4] = [
+    "group_commit",
+    "per_order_tx",
+    "per_order_tx_one_writer",
+    "redis_lua",
+];
 
 /// Waits until the server at `base` answers `GET /healthz`.
 pub(super) async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
@@ -296,18 +403,160 @@ pub(super) async fn sell_out(
     round: usize,
 ) -> anyhow::Result<(RaceOutcome, Vec<String>)> {
     let (program, category) = hot_program(pool, opts.rows, &format!("{mode}-{round}")).await?;
-    let outcome = race(http, base, racers, program, category, opts, round).await;
+    let before = Probe::take(pool, http, base).await?;
+    let mut outcome = race(http, base, racers, program, category, opts, round).await;
+    Probe::take(pool, http, base)
+        .await?
+        .charge(&before, &mut outcome);
     let violations = check(pool, category, opts.rows * SEATS_PER_ROW, &outcome).await?;
+    log_round(mode, round, &outcome, &violations);
+    Ok((outcome, violations))
+}
+
+/// One line per round on stderr, so a long run shows progress.
+fn log_round(mode: &str, round: usize, outcome: &RaceOutcome, violations: &[String]) {
     eprintln!(
-        "round {} {:<23} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, violations: {}",
+        "round {} {:<23} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, pg {:>6.0} µs/order, \
+         violations: {}",
         round + 1,
         mode,
         outcome.ok,
         outcome.sellout_secs,
         ratio(outcome.ok as f64, outcome.sellout_secs),
+        ratio(
+            outcome.pg_ticks as f64 * 1e6 / cpu::TICKS_PER_SEC,
+            outcome.ok as f64
+        ),
         violations.len()
     );
-    Ok((outcome, violations))
+}
+
+/// Readings taken around a race: Postgres CPU ticks by process and the writer's counters.
+struct Probe {
+    pg: BTreeMap<u32, u64>,
+    writer: WriterCounters,
+}
+
+impl Probe {
+    /// Reads both now; the counters of `metrics_base` count as 0 when absent or unreachable.
+    async fn take(
+        pool: &PgPool,
+        http: &reqwest::Client,
+        metrics_base: &str,
+    ) -> anyhow::Result<Probe> {
+        Ok(Probe {
+            pg: pg_ticks(pool).await?,
+            writer: scrape_writer(http, metrics_base).await,
+        })
+    }
+
+    /// Adds what happened since `before` to `outcome`.
+    fn charge(&self, before: &Probe, outcome: &mut RaceOutcome) {
+        outcome.pg_ticks += ticks_since(&before.pg, &self.pg);
+        outcome.writer.statements += (self.writer.statements - before.writer.statements).max(0.0);
+        outcome.writer.batches += (self.writer.batches - before.writer.batches).max(0.0);
+    }
+}
+
+/// CPU ticks of the Postgres processes that work for this database: its backends (every
+/// server's pool and ours), the background processes every database shares (WAL writer,
+/// checkpointer, …: `datname` is NULL) and the postmaster. Backends of other databases — a test
+/// suite running next to the benchmark — are left out.
+async fn pg_ticks(pool: &PgPool) -> anyhow::Result<BTreeMap<u32, u64>> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT pid, pid = pg_backend_pid() FROM pg_stat_activity
+             WHERE datname = current_database() OR datname IS NULL",
+            &[],
+        )
+        .await?;
+    let mut pids: Vec<u32> = Vec::with_capacity(rows.len() + 1);
+    for row in &rows {
+        let pid = u32::try_from(row.get::<_, i32>(0))?;
+        if row.get::<_, bool>(1) {
+            pids.extend(cpu::parent_pid(pid));
+        }
+        pids.push(pid);
+    }
+    Ok(cpu::postgres_ticks(&pids))
+}
+
+/// Ticks used between two readings; a process that started in between counts from 0 (one that
+/// exited in between is lost, which pooled connections make rare).
+fn ticks_since(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// Reading window while waiting for Postgres to go quiet.
+const SETTLE_WINDOW: Duration = Duration::from_millis(250);
+/// At most this many ticks (10 ms each) in a window counts as quiet: idle servers still poll.
+const QUIET_TICKS: u64 = 2;
+/// Longest wait; past it the round runs anyway (and says so).
+const SETTLE_MAX: Duration = Duration::from_secs(15);
+
+/// Waits until this database's Postgres processes are nearly idle, so what the previous round
+/// left running (the outbox relay publishing its events, consumers' bookkeeping) is not charged
+/// to the next round's mode.
+async fn settle(pool: &PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETTLE_MAX;
+    loop {
+        let before = pg_ticks(pool).await?;
+        tokio::time::sleep(SETTLE_WINDOW).await;
+        let used = ticks_since(&before, &pg_ticks(pool).await?);
+        if used <= QUIET_TICKS {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "postgres did not go quiet within {SETTLE_MAX:?} ({used} ticks per {SETTLE_WINDOW:?}); the next round's CPU figure includes that"
+            );
+            return Ok(());
+        }
+    }
+}
+
+/// The group-commit writer's process-wide counters (summed over label sets).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(super) struct WriterCounters {
+    /// Statements sent, BEGIN and COMMIT included.
+    statements: f64,
+    /// Batches committed.
+    batches: f64,
+}
+
+/// The writer counters on `base`'s `/metrics`; zeros when the page or the counters are missing
+/// (a counter appears with its first increment, and older builds have none).
+async fn scrape_writer(http: &reqwest::Client, base: &str) -> WriterCounters {
+    let text = match http.get(format!("{base}/metrics")).send().await {
+        Ok(resp) if resp.status().is_success() => resp.text().await.unwrap_or_default(),
+        _ => String::new(),
+    };
+    parse_writer_counters(&text)
+}
+
+/// Sums the samples of `writer_statements_total` and `writer_batches_total` (also accepted
+/// without `_total`) in Prometheus text exposition.
+fn parse_writer_counters(text: &str) -> WriterCounters {
+    let mut c = WriterCounters::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        match name {
+            "writer_statements_total" | "writer_statements" => c.statements += value,
+            "writer_batches_total" | "writer_batches" => c.batches += value,
+            _ => {}
+        }
+    }
+    c
 }
 
 /// What one race did.
@@ -319,6 +568,10 @@ pub(super) struct RaceOutcome {
     errors: u64,
     sellout_secs: f64,
     latencies: Latencies,
+    /// Postgres CPU ticks during the race.
+    pg_ticks: u64,
+    /// Writer counters' growth during the race.
+    writer: WriterCounters,
 }
 
 /// Every racer once, `concurrency` at a time, best available × 1.
@@ -406,10 +659,13 @@ async fn check(
             "{ok} acknowledged, but {held} seats held in {orders} orders with {claims} claims"
         ));
     }
-    if race.errors > 0 {
-        v.push(format!("{} requests failed", race.errors));
-    }
+    v.extend(failed_requests(race));
     Ok(v)
+}
+
+/// Any answer other than 201 or 409 breaks a round: the race must end in orders or sold out.
+fn failed_requests(race: &RaceOutcome) -> Option<String> {
+    (race.errors > 0).then(|| format!("{} requests failed", race.errors))
 }
 
 /// Requests/s of `GET /healthz`: what this server does when the handler does nothing.
@@ -436,11 +692,16 @@ impl Totals {
         self.race.errors += r.errors;
         self.race.sellout_secs += r.sellout_secs;
         self.race.latencies.merge(r.latencies);
+        self.race.pg_ticks += r.pg_ticks;
+        self.race.writer.statements += r.writer.statements;
+        self.race.writer.batches += r.writer.batches;
         self.violations.extend(violations);
     }
 
     /// The summary of these rounds as `mode`.
     pub(super) fn into_run(mut self, mode: &str) -> ModeRun {
+        let (orders, writer) = (self.race.ok as f64, self.race.writer);
+        let pg_us = self.race.pg_ticks as f64 * 1e6 / cpu::TICKS_PER_SEC;
         ModeRun {
             mode: mode.to_string(),
             orders: self.race.ok,
@@ -450,11 +711,16 @@ impl Totals {
             sellout_secs: self.race.sellout_secs / f64::from(self.rounds.max(1)),
             p50_us: self.race.latencies.percentile(50.0),
             p99_us: self.race.latencies.percentile(99.0),
+            pg_cpu_us_per_order: ratio(pg_us, orders),
+            writer_batches: writer.batches as u64,
+            statements_per_batch: ratio(writer.statements, writer.batches),
+            orders_per_batch: ratio(orders, writer.batches),
             violations: self.violations,
         }
     }
 }
 
+/// The summary: per-mode figures, ratios to group commit, targets.
 fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivial: f64) -> Report {
     let runs: Vec<ModeRun> = totals
         .into_iter()
@@ -465,21 +731,18 @@ fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivi
             .find(|r| r.mode == mode)
             .map_or(0.0, |r| r.orders_per_sec)
     };
-    let ratios = [
+    let group = rate("group_commit");
+    let ratios: BTreeMap<String, f64> = [
+        ("group_vs_per_order", ratio(group, rate("per_order_tx"))),
         (
-            "group_vs_per_order".to_string(),
-            ratio(rate("group_commit"), rate("per_order_tx")),
+            "group_vs_per_order_one_writer",
+            ratio(group, rate("per_order_tx_one_writer")),
         ),
-        (
-            "group_vs_per_order_one_writer".to_string(),
-            ratio(rate("group_commit"), rate("per_order_tx_one_writer")),
-        ),
-        (
-            "orders_vs_trivial".to_string(),
-            ratio(rate("group_commit"), trivial),
-        ),
+        ("group_vs_redis_lua", ratio(group, rate("redis_lua"))),
+        ("orders_vs_trivial", ratio(group, trivial)),
     ]
     .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
     .collect();
     let config = [
         ("buyers", opts.buyers as f64),
@@ -492,11 +755,41 @@ fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivi
     .collect();
     Report {
         valid: runs.iter().all(|r| r.violations.is_empty()),
+        targets: judge(&ratios, &runs),
         config,
         runs,
         trivial_requests_per_sec: trivial,
         ratios,
     }
+}
+
+/// The issue's targets: group commit ≥ 5× one transaction per order on every connection,
+/// ≥ 10× on one writer, ≥ 0.25× the trivial endpoint, ≥ 0.5× the non-durable Redis-Lua path,
+/// and at most 100 µs of Postgres CPU per order.
+fn judge(ratios: &BTreeMap<String, f64>, runs: &[ModeRun]) -> Vec<Target> {
+    let wanted = [
+        ("group_vs_per_order", 5.0),
+        ("group_vs_per_order_one_writer", 10.0),
+        ("orders_vs_trivial", 0.25),
+        ("group_vs_redis_lua", 0.5),
+    ];
+    let mut targets: Vec<Target> = wanted
+        .into_iter()
+        .map(|(key, required)| {
+            let measured = ratios.get(key).copied().unwrap_or(0.0);
+            Target::judge(format!("ratios.{key}"), required, measured)
+        })
+        .collect();
+    let group = runs.iter().find(|r| r.mode == "group_commit");
+    let mut cpu = Target::at_most(
+        "group_commit.pg_cpu_us_per_order".to_string(),
+        100.0,
+        group.map_or(0.0, |r| r.pg_cpu_us_per_order),
+    );
+    // No orders means no figure, not a cheap one.
+    cpu.met &= group.is_some_and(|r| r.orders > 0);
+    targets.push(cpu);
+    targets
 }
 
 /// A human-readable table of the report.
@@ -509,26 +802,91 @@ pub fn render(report: &Report) -> String {
     for (k, v) in &report.ratios {
         out += &format!("ratio {k}: {v:.2}\n");
     }
+    out += &render_targets(&report.targets);
+    out += &format!(
+        "valid (every round of every mode without violations): {}\n",
+        report.valid
+    );
     out
 }
 
 /// The table of the modes' runs.
 pub(super) fn render_runs(runs: &[ModeRun]) -> String {
     let mut out = format!(
-        "ordering: {:<23} {:>7} {:>9} {:>10} {:>9} {:>9} {:>6}\n",
-        "mode", "orders", "orders/s", "sellout s", "p50 µs", "p99 µs", "valid"
+        "ordering: {:<23} {:>7} {:>9} {:>10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>6}\n",
+        "mode",
+        "orders",
+        "orders/s",
+        "sellout s",
+        "p50 µs",
+        "p99 µs",
+        "pg µs/order",
+        "stmts/batch",
+        "orders/batch",
+        "valid"
     );
     for r in runs {
         out += &format!(
-            "          {:<23} {:>7} {:>9.0} {:>10.2} {:>9} {:>9} {:>6}\n",
+            "          {:<23} {:>7} {:>9.0} {:>10.2} {:>9} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>6}\n",
             r.mode,
             r.orders,
             r.orders_per_sec,
             r.sellout_secs,
             r.p50_us,
             r.p99_us,
+            r.pg_cpu_us_per_order,
+            r.statements_per_batch,
+            r.orders_per_batch,
             r.violations.is_empty()
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_counters_are_summed_over_labels_with_or_without_total() {
+        let text = "# TYPE writer_statements_total counter\n\
+                    writer_statements_total{shard=\"0\"} 120\n\
+                    writer_statements_total{shard=\"1\"} 30\n\
+                    writer_batches 5\n\
+                    writer_batches_per_second 99\n\
+                    http_requests_total{status=\"201\"} 7\n";
+        let c = parse_writer_counters(text);
+        assert_eq!((c.statements, c.batches), (150.0, 5.0));
+        assert_eq!(parse_writer_counters(""), WriterCounters::default());
+    }
+
+    #[test]
+    fn new_processes_count_from_zero_and_exited_ones_are_dropped() {
+        let before = BTreeMap::from([(1, 100), (2, 50)]);
+        let after = BTreeMap::from([(1, 130), (3, 7)]);
+        assert_eq!(ticks_since(&before, &after), 37);
+    }
+
+    #[test]
+    fn the_cpu_target_is_a_ceiling_and_needs_orders() {
+        let run = |orders, pg| ModeRun {
+            mode: "group_commit".into(),
+            orders,
+            sold_out: 0,
+            errors: 0,
+            orders_per_sec: 1.0,
+            sellout_secs: 1.0,
+            p50_us: 1,
+            p99_us: 1,
+            pg_cpu_us_per_order: pg,
+            writer_batches: 0,
+            statements_per_batch: 0.0,
+            orders_per_batch: 0.0,
+            violations: vec![],
+        };
+        let cpu = |runs: &[ModeRun]| judge(&BTreeMap::new(), runs).pop().expect("cpu target");
+        assert!(cpu(&[run(10, 80.0)]).met);
+        assert!(!cpu(&[run(10, 120.0)]).met);
+        assert!(!cpu(&[run(0, 0.0)]).met);
+    }
 }

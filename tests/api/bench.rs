@@ -86,11 +86,38 @@ async fn ordering_bench_sells_out_in_every_mode_without_oversell() {
         .await
         .expect("bench runs");
     assert!(report.valid, "{report:?}");
-    assert_eq!(report.runs.len(), 3, "{report:?}");
-    for r in &report.runs {
+    let modes = [
+        "group_commit",
+        "per_order_tx",
+        "per_order_tx_one_writer",
+        "redis_lua",
+    ];
+    assert_eq!(report.runs.len(), modes.len(), "{report:?}");
+    for mode in modes {
+        let r = report
+            .runs
+            .iter()
+            .find(|r| r.mode == mode)
+            .unwrap_or_else(|| panic!("no run for {mode}: {report:?}"));
         assert_eq!((r.orders, r.sold_out, r.errors), (40, 20, 0), "{r:?}");
+        assert!(r.violations.is_empty(), "{r:?}");
+        assert!(r.p50_us <= r.p99_us, "{r:?}");
     }
     assert!(report.trivial_requests_per_sec > 0.0);
+    for key in [
+        "group_vs_per_order",
+        "group_vs_per_order_one_writer",
+        "group_vs_redis_lua",
+        "orders_vs_trivial",
+    ] {
+        assert!(report.ratios[key] > 0.0, "ratio {key}: {report:?}");
+    }
+    let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(
+        names.contains(&"group_commit.pg_cpu_us_per_order"),
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
