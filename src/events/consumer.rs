@@ -252,11 +252,15 @@ impl EventConsumer {
         let fresh = {
             let mut client = self.pool.get().await.map_err(store_failure)?;
             let tx = client.transaction().await.map_err(store_failure)?;
-            let fresh = tx
-                .execute(
+            // Prepared once per pooled connection: every consumer runs it for every event.
+            let record = tx
+                .prepare_cached(
                     "INSERT INTO consumer_inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&self.name, &event.event_id],
                 )
+                .await
+                .map_err(store_failure)?;
+            let fresh = tx
+                .execute(&record, &[&self.name, &event.event_id])
                 .await
                 .map_err(store_failure)?
                 == 1;

@@ -118,11 +118,14 @@ impl Stores {
         let mut writer_config = postgres::pg_config(&settings.database)?;
         // Named apart, so an operator (or a test) can tell the writer's sessions in pg_stat_activity.
         writer_config.application_name("boxoffice-writer");
-        let idle_timeout = format!(
-            "-c idle_in_transaction_session_timeout={}",
+        // Generic plans: the writer runs the same dozen statements over partitioned tables
+        // thousands of times; custom plans would re-plan (and re-read every partition's
+        // constraints) on each execution, which profiles showed as Postgres's largest cost.
+        let options = format!(
+            "-c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_generic_plan",
             writer::WRITER_IDLE_IN_TRANSACTION.as_millis()
         );
-        writer_config.options(idle_timeout);
+        writer_config.options(options);
         let writer_pg = postgres::pool_from_config(
             writer_config,
             writer.shards * writer.writers,
