@@ -489,12 +489,17 @@ async fn one_batch_answers_each_order_its_own_check() {
         "{:?}",
         answers[3]
     );
-    assert!(written(&answers[4]), "first claim of a buyer in the batch");
-    assert_eq!(
-        refusal_code(&answers[5]),
-        Some("BUYER_HAS_TICKET"),
-        "second in one batch"
+    // One buyer in two orders of the batch (they reach the writer in either order): the first
+    // is written, the other refused.
+    let twice = [&answers[4], &answers[5]];
+    assert_eq!(twice.iter().filter(|a| written(a)).count(), 1, "{twice:?}");
+    assert!(
+        twice
+            .iter()
+            .any(|a| refusal_code(a) == Some("BUYER_HAS_TICKET")),
+        "{twice:?}"
     );
+    let twice_written = if written(&answers[4]) { 4 } else { 5 };
     assert_eq!(
         refusal_code(&answers[6]),
         Some("VALIDATION"),
@@ -517,7 +522,11 @@ async fn one_batch_answers_each_order_its_own_check() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut expected = vec![batch[0].order_no, batch[1].order_no, batch[4].order_no];
+    let mut expected = vec![
+        batch[0].order_no,
+        batch[1].order_no,
+        batch[twice_written].order_no,
+    ];
     expected.sort_unstable();
     assert_eq!(
         written, expected,
