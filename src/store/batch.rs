@@ -99,7 +99,7 @@ pub async fn check_orders(
 /// Pending orders whose seats a release frees close (`expired` past their window, `cancelled`
 /// before), each with one outbox event. Runs first: payments lock the order row before its
 /// seats, so a payment and an expiry of one order queue on that row instead of deadlocking.
-const CLOSE_RELEASED: &str = "
+pub(crate) const CLOSE_RELEASED: &str = "
 WITH closed AS (
     UPDATE orders o SET status = CASE WHEN o.expires_at <= now() THEN 'expired' ELSE 'cancelled' END,
                         closed_at = now()

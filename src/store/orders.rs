@@ -85,21 +85,9 @@ pub async fn close_released_in(
     tx: &deadpool_postgres::Transaction<'_>,
     order_no: i64,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "WITH closed AS (
-            UPDATE orders SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'cancelled' END,
-                              closed_at = now()
-            WHERE gene = ($1::bigint & 15)::smallint AND order_no = $1 AND status = 'pending_payment'
-            RETURNING order_no, user_id, program_id, status)
-         INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload)
-         SELECT gen_random_uuid(), 'order-events', order_no::text,
-                CASE status WHEN 'expired' THEN 'OrderExpired' ELSE 'OrderCancelled' END,
-                order_no, program_id,
-                jsonb_build_object('order_no', order_no::text, 'user_id', user_id, 'status', status)
-         FROM closed",
-        &[&order_no],
-    )
-    .await?;
+    // The writer's set-wise statement, for one order.
+    tx.execute(super::batch::CLOSE_RELEASED, &[&vec![order_no]])
+        .await?;
     Ok(())
 }
 

@@ -459,22 +459,21 @@ async fn write_group(
         batch::check_orders(&tx, &orders).await
     });
     let (xid, facts): (i64, Vec<OrderFacts>) = (xid?.get(0), facts?);
-    let mut sent = 3 + u64::from(!orders.is_empty());
     let (set, mut answers) = decide(batch, group, &facts);
-    let mismatched = if set.is_empty() {
-        Vec::new()
+    let written = if set.is_empty() {
+        Ok(None)
     } else {
-        let written = batch::write(&tx, &set).await;
-        sent += written.as_ref().map_or(0, |w| w.statements);
-        count_statements(stats, sent);
-        written?.mismatched
+        batch::write(&tx, &set).await.map(Some)
     };
+    let writes = written
+        .as_ref()
+        .map_or(0, |w| w.as_ref().map_or(0, |w| w.statements));
+    // BEGIN, txid and COMMIT (or ROLLBACK), the check if there were orders, the writes.
+    count_statements(stats, 3 + u64::from(!orders.is_empty()) + writes);
+    let mismatched = written?.map(|w| w.mismatched).unwrap_or_default();
     if !mismatched.is_empty() {
         tx.rollback().await?;
         return Ok(Attempt::Mismatched(mismatched));
-    }
-    if set.is_empty() {
-        count_statements(stats, sent);
     }
     for &i in &set.clashes {
         answers[i] = Some(Err(batch[i].mismatch()));

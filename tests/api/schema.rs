@@ -151,6 +151,27 @@ impl Fixture {
             .await
     }
 
+    /// Tickets for `buyers` on `seats` (pairwise), lines 1.., in one statement.
+    async fn insert_tickets(
+        &self,
+        order_no: i64,
+        buyers: &[i64],
+        seats: &[i64],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let lines: Vec<i16> = (1..=buyers.len() as i16).collect();
+        let client = self.pool.get().await.unwrap();
+        client
+            .execute(
+                "INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id,
+                                      ticket_buyer_id, seat_id, price_cents)
+                 SELECT $1, $2, l, $3, $4, $5, bu, s, 100
+                 FROM unnest($6::smallint[], $7::bigint[], $8::bigint[]) AS x (l, bu, s)",
+                &[&order_no, &gene(order_no), &self.user_id, &self.program_id, &self.category_id,
+                  &lines, &buyers, &seats],
+            )
+            .await
+    }
+
     async fn set_status(&self, order_no: i64, status: &str) -> Result<u64, tokio_postgres::Error> {
         let client = self.pool.get().await.unwrap();
         client
@@ -235,55 +256,16 @@ async fn one_statement_of_many_tickets_claims_them_all_or_none() {
     let (a, b) = (f.order_no(1), f.order_no(2));
     f.insert_order(a).await;
     f.insert_order(b).await;
-    let client = f.pool.get().await.unwrap();
-    let insert = "INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id,
-                                       ticket_buyer_id, seat_id, price_cents)
-                  SELECT o, $2, l, $3, $4, $5, bu, s, 100
-                  FROM unnest($1::bigint[], $6::smallint[], $7::bigint[], $8::bigint[]) AS x (o, l, bu, s)";
-    let params = |orders: Vec<i64>, buyers: Vec<i64>, seats: Vec<i64>| {
-        let lines: Vec<i16> = (1..=orders.len() as i16).collect();
-        (orders, lines, buyers, seats)
-    };
-    let (o, l, bu, se) = params(vec![a, a], f.buyers[..2].to_vec(), f.seats[..2].to_vec());
-    client
-        .execute(
-            insert,
-            &[
-                &o,
-                &gene(a),
-                &f.user_id,
-                &f.program_id,
-                &f.category_id,
-                &l,
-                &bu,
-                &se,
-            ],
-        )
+    f.insert_tickets(a, &f.buyers[..2], &f.seats[..2])
         .await
         .expect("two tickets, two claims");
     // One statement whose second ticket clashes with a live claim: refused whole.
-    let (o, l, bu, se) = params(
-        vec![b, b],
-        vec![f.buyers[2], f.buyers[0]],
-        vec![f.seats[2], f.seats[3]],
-    );
-    let err = client
-        .execute(
-            insert,
-            &[
-                &o,
-                &gene(b),
-                &f.user_id,
-                &f.program_id,
-                &f.category_id,
-                &l,
-                &bu,
-                &se,
-            ],
-        )
+    let err = f
+        .insert_tickets(b, &[f.buyers[2], f.buyers[0]], &f.seats[2..4])
         .await
         .expect_err("a buyer already holding a live ticket");
     unique_violation_on(err, "buyer_claims_pkey");
+    let client = f.pool.get().await.unwrap();
     let claims: i64 = client
         .query_one(
             "SELECT (SELECT count(*) FROM seat_claims) + (SELECT count(*) FROM buyer_claims)",
