@@ -160,6 +160,9 @@ pub struct EventSettings {
     pub consumers: bool,
     /// Most outbox rows published per round, all in flight together.
     pub relay_batch: i64,
+    /// Most events a consumer applies in one transaction: those already delivered when it
+    /// looks, never waiting for more (a burst costs one commit, a lone event is not delayed).
+    pub consumer_batch: usize,
     /// Safety net: look for unsent rows this often even without a notification.
     pub relay_poll_ms: u64,
     /// Longest wait between attempts while the broker is away (doubling from 100 ms).

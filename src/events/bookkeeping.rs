@@ -75,6 +75,53 @@ impl Apply for Bookkeeping {
             Ok(())
         })
     }
+
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Self::judge_all(tx, events)
+    }
+}
+
+impl Bookkeeping {
+    /// One statement for events that arrived together: each outbox row judged against its
+    /// order, as [`Apply::apply`] does one at a time (a burst of orders costs one update, not
+    /// one per event).
+    fn judge_all<'a>(
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+            let orders: Vec<Option<i64>> = events
+                .iter()
+                .map(|e| {
+                    e.is_order_event()
+                        .then(|| e.order_no.parse().unwrap_or_default())
+                })
+                .collect();
+            let statuses: Vec<Option<String>> = events
+                .iter()
+                .map(|e| consistent_statuses(e).map(|s| s.join(",")))
+                .collect();
+            // A NULL order is an event about no order (consistent with anything). Prepared once
+            // per connection; the gene in the subquery prunes `orders` to one partition at run time.
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE outbox ob SET reconcile_status = CASE WHEN e.order_no IS NULL OR EXISTS (
+                        SELECT 1 FROM orders o WHERE o.gene = (e.order_no & 15)::smallint
+                          AND o.order_no = e.order_no
+                          AND o.status = ANY(string_to_array(e.statuses, ','))) THEN 'ok' ELSE 'problem' END
+                     FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS e(event_id, order_no, statuses)
+                     WHERE ob.event_id = e.event_id AND ob.reconcile_status <> 'handled'",
+                )
+                .await?;
+            tx.execute(&statement, &[&ids, &orders, &statuses]).await?;
+            Ok(())
+        })
+    }
 }
 
 /// Hands every order event to the buyer's open channels on this process.

@@ -2,7 +2,11 @@
 //!
 //! An event is applied inside the transaction that records it in `consumer_inbox` (primary key
 //! consumer + event id), so a redelivery — after a crash between commit and acknowledgement, or
-//! a republish — finds it there, is acknowledged and skipped. A failing handler rolls back,
+//! a republish — finds it there, is acknowledged and skipped. Events the broker has already
+//! delivered when the consumer looks (up to `events.consumer_batch`) share one transaction: an
+//! on-sale's burst costs one commit per batch rather than one per event, and a lone event is
+//! never held back waiting for company. A handler that refuses inside a batch sends the batch
+//! back to one event at a time, so only the bad event is counted and retried. A failing handler rolls back,
 //! counts the attempt in `consumer_failures` (so the count survives a restart) and is tried
 //! again after a doubling wait (from `events.retry_backoff_ms`); at `events.max_attempts` the
 //! event goes to `dead_letters` and the dead-letter topic, an alert is logged, and it is
@@ -17,10 +21,11 @@
 use super::Event;
 use crate::config::EventSettings;
 use crate::store::{PgPool, PulsarStore, StoreError};
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use pulsar::consumer::{ConsumerOptions, InitialPosition, Message};
 use pulsar::{Consumer, SubType, TokioExecutor};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
@@ -59,6 +64,22 @@ pub trait Apply: Send + Sync + 'static {
         _event: &'a Event,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// [`apply`](Self::apply) for events that arrived together, in delivery order, inside one
+    /// transaction. Sequential by default; a purpose whose per-event work is one statement
+    /// overrides it with one statement for all of them.
+    fn apply_batch<'a>(
+        &'a self,
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            Ok(())
+        })
     }
 
     /// Effects outside Postgres, after the commit: at most once per event, like `apply`.
@@ -171,7 +192,14 @@ impl EventConsumer {
                 _ = stop.changed() => return,
             };
             match next {
-                Some(Ok(message)) => self.handle(stream, &message).await,
+                Some(Ok(message)) => {
+                    let mut ready = vec![message];
+                    let broken = self.take_ready(stream, &mut ready);
+                    self.handle_all(stream, ready).await;
+                    if broken {
+                        return;
+                    }
+                }
                 Some(Err(e)) => {
                     tracing::warn!(consumer = %self.name, error = %e, "broken message or stream");
                     return;
@@ -181,25 +209,83 @@ impl EventConsumer {
         }
     }
 
-    async fn handle(&self, stream: &mut EventStream, message: &Message<Vec<u8>>) {
-        let event: Event = match serde_json::from_slice(&message.payload.data) {
-            Ok(event) => event,
+    /// Adds the messages the broker has already delivered, up to `events.consumer_batch`,
+    /// without waiting for more; answers whether the stream broke (its caller resubscribes
+    /// after handling what it has).
+    fn take_ready(&self, stream: &mut EventStream, ready: &mut Vec<Message<Vec<u8>>>) -> bool {
+        while ready.len() < self.settings.consumer_batch {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(message))) => ready.push(message),
+                Some(Some(Err(e))) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "broken message or stream");
+                    return true;
+                }
+                Some(None) => return true,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Applies what arrived together in one transaction; when a handler refuses one of them,
+    /// falls back to one at a time so only that event is counted, retried and dead-lettered.
+    async fn handle_all(&self, stream: &mut EventStream, messages: Vec<Message<Vec<u8>>>) {
+        let mut wanted = Vec::with_capacity(messages.len());
+        for message in messages {
+            if let Some(event) = self.wanted(stream, &message).await {
+                wanted.push((message, event));
+            }
+        }
+        if wanted.len() == 1 {
+            let (message, event) = &wanted[0];
+            return self.handle(stream, message, event).await;
+        }
+        let events: Vec<&Event> = wanted.iter().map(|(_, event)| event).collect();
+        let mut outage = Duration::from_millis(100);
+        loop {
+            match self.try_apply_all(&events).await {
+                Ok(fresh) => {
+                    for ((message, _), fresh) in wanted.iter().zip(fresh) {
+                        self.done(stream, message, fresh).await;
+                    }
+                    return;
+                }
+                Err(Failure::Handler(_)) => break,
+                Err(Failure::Store(e)) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "store unavailable; waiting");
+                    tokio::time::sleep(outage).await;
+                    outage = (outage * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for (message, event) in &wanted {
+            self.handle(stream, message, event).await;
+        }
+    }
+
+    /// The message's event, if this purpose wants it; anything else is acknowledged here.
+    async fn wanted(&self, stream: &mut EventStream, message: &Message<Vec<u8>>) -> Option<Event> {
+        match serde_json::from_slice::<Event>(&message.payload.data) {
+            Ok(event) if self.apply.wants(&event) => Some(event),
+            Ok(_) => {
+                let _ = stream.ack(message).await;
+                None
+            }
             Err(e) => {
                 // Not an event at all: nothing could ever apply it, so no retries.
                 tracing::error!(consumer = %self.name, error = %e, "undecodable message dropped");
                 let _ = stream.ack(message).await;
-                return;
+                None
             }
-        };
-        if !self.apply.wants(&event) {
-            let _ = stream.ack(message).await;
-            return;
         }
+    }
+
+    async fn handle(&self, stream: &mut EventStream, message: &Message<Vec<u8>>, event: &Event) {
         let mut outage = Duration::from_millis(100);
         loop {
-            let next = match self.try_apply(&event).await {
+            let next = match self.try_apply(event).await {
                 Ok(fresh) => return self.done(stream, message, fresh).await,
-                Err(Failure::Handler(e)) => self.failed(&event, &e.to_string()).await,
+                Err(Failure::Handler(e)) => self.failed(event, &e.to_string()).await,
                 Err(Failure::Store(e)) => Err(e),
             };
             match next {
@@ -246,6 +332,14 @@ impl EventConsumer {
         })
     }
 
+    /// [`apply_once`](Self::apply_once) for events that arrived together, in one transaction:
+    /// answers per event whether it was new; a refusing handler leaves none of them applied.
+    pub async fn apply_all_once(&self, events: &[&Event]) -> Result<Vec<bool>, StoreError> {
+        self.try_apply_all(events).await.map_err(|f| match f {
+            Failure::Handler(e) | Failure::Store(e) => e,
+        })
+    }
+
     /// [`apply_once`](Self::apply_once), telling a failing handler (counted towards the dead
     /// letter) from an unreachable store (waited out, never counted).
     async fn try_apply(&self, event: &Event) -> Result<bool, Failure> {
@@ -275,6 +369,50 @@ impl EventConsumer {
         };
         // The pooled connection is back before effects outside Postgres run.
         if fresh {
+            self.apply.after_commit(event).await;
+        }
+        Ok(fresh)
+    }
+
+    /// [`try_apply`](Self::try_apply) for several events in one transaction: one inbox insert
+    /// for all of them, then the purpose's changes for the new ones. Answers, per event, whether
+    /// it was new (an event delivered twice in one batch is new only the first time).
+    async fn try_apply_all(&self, events: &[&Event]) -> Result<Vec<bool>, Failure> {
+        let fresh = {
+            let mut client = self.pool.get().await.map_err(store_failure)?;
+            let tx = client.transaction().await.map_err(store_failure)?;
+            let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+            // Prepared once per pooled connection, like the single insert.
+            let record = tx
+                .prepare_cached(
+                    "INSERT INTO consumer_inbox (consumer, event_id)
+                     SELECT $1, id FROM unnest($2::uuid[]) AS id
+                     ON CONFLICT DO NOTHING RETURNING event_id",
+                )
+                .await
+                .map_err(store_failure)?;
+            let rows = tx
+                .query(&record, &[&self.name, &ids])
+                .await
+                .map_err(store_failure)?;
+            let mut new_ids: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
+            let fresh: Vec<bool> = ids.iter().map(|id| new_ids.remove(id)).collect();
+            let applied: Vec<&Event> = events
+                .iter()
+                .zip(&fresh)
+                .filter(|(_, fresh)| **fresh)
+                .map(|(event, _)| *event)
+                .collect();
+            if !applied.is_empty() {
+                self.apply
+                    .apply_batch(&tx, &applied)
+                    .await
+                    .map_err(Failure::Handler)?;
+            }
+            tx.commit().await.map_err(store_failure)?;
+            fresh
+        };
+        for (event, _) in events.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
             self.apply.after_commit(event).await;
         }
         Ok(fresh)

@@ -403,10 +403,21 @@ async fn a_row_that_commits_late_with_a_lower_id_is_still_published() {
     assert_eq!(sent, 1);
 }
 
-/// Counts applications; fails every time when `poison` is set.
+/// Counts committed applications; fails every time when `poison` is set, or for the one order named.
 struct Counting {
     applied: AtomicUsize,
     poison: bool,
+    poison_order: Option<String>,
+}
+
+impl Counting {
+    fn new(poison: bool) -> Self {
+        Counting {
+            applied: AtomicUsize::new(0),
+            poison,
+            poison_order: None,
+        }
+    }
 }
 
 impl Apply for Counting {
@@ -417,17 +428,22 @@ impl Apply for Counting {
     fn apply<'a>(
         &'a self,
         _tx: &'a deadpool_postgres::Transaction<'a>,
-        _event: &'a Event,
+        event: &'a Event,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            if self.poison {
+            if self.poison || self.poison_order.as_deref() == Some(&event.order_no) {
                 return Err(StoreError::Conflict(
                     "this event can never be applied".into(),
                 ));
             }
-            self.applied.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
+    }
+
+    /// Counted once committed: an attempt rolled back with its batch is no application.
+    fn after_commit<'a>(&'a self, _event: &'a Event) -> BoxFuture<'a, ()> {
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
     }
 }
 
@@ -460,10 +476,7 @@ async fn start_consumer(consumer: EventConsumer) -> tokio::sync::watch::Sender<b
 async fn a_consumer_stopped_between_apply_and_ack_applies_once_after_redelivery() {
     let app = spawn_app().await;
     let tap = Tap::start(&app.settings).await;
-    let counting = Arc::new(Counting {
-        applied: AtomicUsize::new(0),
-        poison: false,
-    });
+    let counting = Arc::new(Counting::new(false));
     let consumer = test_consumer(&app, pulsar_of(&app.settings).await, counting.clone());
     let stream = consumer.subscribe().await.unwrap();
     let (program, _, floor) = on_sale(&app, 2, 4).await;
@@ -499,10 +512,7 @@ async fn a_poison_event_ends_in_the_dead_letter_record_after_n_tries() {
     let app = spawn_app().await;
     let (program, _, floor) = on_sale(&app, 2, 4).await;
     let crowd = buyers(&app, 1, 1).await;
-    let poison = Arc::new(Counting {
-        applied: AtomicUsize::new(0),
-        poison: true,
-    });
+    let poison = Arc::new(Counting::new(true));
     let consumer = test_consumer(&app, pulsar_of(&app.settings).await, poison);
     let name = consumer.name.clone();
     let stop = start_consumer(consumer).await;
@@ -535,6 +545,90 @@ async fn a_poison_event_ends_in_the_dead_letter_record_after_n_tries() {
     )
     .await;
     assert_eq!(applied, 0, "a failed attempt leaves nothing applied");
+    let _ = stop.send(true);
+}
+
+/// `n` one-ticket GA orders, one per account, and their `OrderCreated` events as published.
+async fn published_orders(app: &TestApp, tap: &Tap, n: usize) -> Vec<Event> {
+    let (program, _, floor) = on_sale(app, 2, 4).await;
+    let crowd = buyers(app, n, 1).await;
+    for (i, buyer) in crowd.iter().enumerate() {
+        ga_order(app, buyer, program, floor, &format!("k{i}"), 1).await;
+    }
+    tap.until(Duration::from_secs(10), |e| e.len() >= n).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_delivered_together_are_applied_in_one_transaction_each_once() {
+    // No consumers of the server's own: the outbox rows' reconcile status is this test's alone.
+    let app = spawn_app_with(|s| s.events.consumers = false).await;
+    let tap = Tap::start(&app.settings).await;
+    let mut events = published_orders(&app, &tap, 3).await;
+    // The third claims a payment its order never had: bookkeeping must call it a problem.
+    events[2].event_type = "OrderPaid".into();
+    let consumer = EventConsumer {
+        apply: Arc::new(boxoffice::events::bookkeeping::Bookkeeping),
+        ..test_consumer(
+            &app,
+            pulsar_of(&app.settings).await,
+            Arc::new(Counting::new(false)),
+        )
+    };
+    let batch: Vec<&Event> = vec![&events[0], &events[1], &events[0], &events[2]];
+    let fresh = consumer.apply_all_once(&batch).await.unwrap();
+    assert_eq!(
+        fresh,
+        [true, true, false, true],
+        "a repeat within the batch is not new"
+    );
+    let again = consumer.apply_all_once(&batch).await.unwrap();
+    assert_eq!(again, [false; 4], "nothing is applied twice");
+    let statuses = count(
+        &app,
+        "SELECT count(*) FILTER (WHERE reconcile_status = 'ok') * 10
+              + count(*) FILTER (WHERE reconcile_status = 'problem') FROM outbox WHERE event_type LIKE 'Order%'",
+    )
+    .await;
+    assert_eq!(
+        statuses, 21,
+        "two rows ok, one problem, as one at a time would judge"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_in_a_backlog_costs_only_itself() {
+    let app = spawn_app().await;
+    let tap = Tap::start(&app.settings).await;
+    // Published before the consumer subscribes: it finds a backlog (it starts from the earliest).
+    let events = published_orders(&app, &tap, 6).await;
+    let counting = Arc::new(Counting {
+        poison_order: Some(events[2].order_no.clone()),
+        ..Counting::new(false)
+    });
+    let consumer = test_consumer(&app, pulsar_of(&app.settings).await, counting.clone());
+    let name = consumer.name.clone();
+    let stop = start_consumer(consumer).await;
+    let dead = poll_until(
+        Duration::from_secs(20),
+        async || {
+            let sql = format!("SELECT count(*) FROM dead_letters WHERE consumer = '{name}'");
+            count(&app, &sql).await
+        },
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(dead, 1, "the poison event is dead-lettered");
+    let inbox = poll_until(
+        Duration::from_secs(10),
+        async || {
+            let sql = format!("SELECT count(*) FROM consumer_inbox WHERE consumer = '{name}'");
+            count(&app, &sql).await
+        },
+        |n| *n == 5,
+    )
+    .await;
+    assert_eq!(inbox, 5, "every other event of the backlog is applied");
+    assert_eq!(counting.applied.load(Ordering::SeqCst), 5, "each once");
     let _ = stop.send(true);
 }
 
