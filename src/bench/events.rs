@@ -520,6 +520,7 @@ async fn alternate(
         rounds: opts.rounds,
         concurrency: opts.concurrency,
         trivial_secs: 0.0,
+        ..Default::default()
     };
     let mut out: Vec<(Totals, f64)> = sides.iter().map(|_| Default::default()).collect();
     let mut published = vec![0u64; sides.len()];

@@ -40,6 +40,9 @@ pub struct Options {
     pub concurrency: usize,
     /// Seconds of the trivial-endpoint measurement.
     pub trivial_secs: f64,
+    /// Payment window of the expiry-wave server: its wave of orders is placed this long
+    /// before the race starts, so the wave expires while new orders race in.
+    pub wave_window_secs: u64,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             rounds: 2,
             concurrency: 64,
             trivial_secs: 3.0,
+            wave_window_secs: 12,
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct ModeRun {
     pub statements_per_batch: f64,
     /// 201s per committed batch.
     pub orders_per_batch: f64,
+    /// Orders of an earlier sale that expired (released their seats through the same writer)
+    /// while this mode's race ran; 0 except in `group_commit_expiry_wave`.
+    pub expired_during_race: u64,
     /// Invariant violations, if any.
     pub violations: Vec<String>,
 }
@@ -148,6 +155,12 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
         },
     )
     .await?;
+    let wave = Server::start(
+        scratch.settings.clone(),
+        &format!("bench-ordering:{suffix}:wave:"),
+        |s| s.orders.payment_window_secs = opts.wave_window_secs,
+    )
+    .await?;
     let lua = LuaServer::start(&scratch.settings, &format!("bench-ordering:{suffix}:lua:")).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
@@ -164,6 +177,7 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
         Contestant::Boxoffice(&per_order.base),
         Contestant::Boxoffice(&one_writer.base),
         Contestant::RedisLua(&lua),
+        Contestant::ExpiryWave(&wave.base),
     ];
     // Everything started is stopped and removed even when a round fails.
     let measured = bench.rounds(&contestants).await;
@@ -171,6 +185,7 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
     group.stop().await;
     per_order.stop().await;
     one_writer.stop().await;
+    wave.stop().await;
     lua.stop().await;
     pool.close();
     scratch.remove().await;
@@ -181,6 +196,8 @@ pub async fn run(settings: &Settings, opts: &Options) -> anyhow::Result<Report> 
 enum Contestant<'a> {
     Boxoffice(&'a str),
     RedisLua(&'a LuaServer),
+    /// A boxoffice server (group commit) whose previous sale's orders expire during the race.
+    ExpiryWave(&'a str),
 }
 
 /// What every round shares.
@@ -203,7 +220,7 @@ impl Bench<'_> {
     ) -> anyhow::Result<BTreeMap<usize, Totals>> {
         for c in contestants {
             let base = match c {
-                Contestant::Boxoffice(base) => base,
+                Contestant::Boxoffice(base) | Contestant::ExpiryWave(base) => base,
                 Contestant::RedisLua(lua) => lua.base.as_str(),
             };
             wait_ready(self.http, base).await?;
@@ -219,6 +236,7 @@ impl Bench<'_> {
                         sell_out(pool, http, base, racers, self.opts, MODES[m], round).await?
                     }
                     Contestant::RedisLua(lua) => self.sell_out_lua(lua, round).await?,
+                    Contestant::ExpiryWave(base) => self.sell_out_during_wave(base, round).await?,
                 };
                 totals.entry(m).or_default().add(outcome, violations);
             }
@@ -255,17 +273,113 @@ impl Bench<'_> {
         log_round("redis_lua", round, &outcome, &violations);
         Ok((outcome, violations))
     }
+
+    /// One round of group commit racing through an expiry wave: every racer first orders once
+    /// in an earlier sale (a full sell-out, none paid), timed so that its payment window lapses
+    /// as the race starts. The wave's orders then expire at the rate they were placed, each
+    /// release going through the same writer as the new orders — the wave 15 minutes after an
+    /// on-sale, compressed. Checks the race as usual and that the whole wave was released.
+    async fn sell_out_during_wave(
+        &self,
+        base: &str,
+        round: usize,
+    ) -> anyhow::Result<(RaceOutcome, Vec<String>)> {
+        let mode = MODES[4];
+        let (wave_program, wave_category) =
+            hot_program(self.pool, self.opts.rows, &format!("{mode}-wave-{round}")).await?;
+        let placed_at = Instant::now();
+        let wave = race(
+            self.http,
+            base,
+            self.racers,
+            wave_program,
+            wave_category,
+            self.opts,
+            round,
+        )
+        .await;
+        settle(self.pool).await?;
+        let expiry = placed_at + Duration::from_secs(self.opts.wave_window_secs);
+        if Instant::now() > expiry {
+            eprintln!("the expiry wave began before the race could start (settling took too long)");
+        }
+        tokio::time::sleep_until(expiry.into()).await;
+        let before = pending_orders(self.pool, wave_program).await?;
+        let (mut outcome, mut violations) = sell_out(
+            self.pool,
+            self.http,
+            base,
+            self.racers,
+            self.opts,
+            mode,
+            round,
+        )
+        .await?;
+        outcome.expired = before.saturating_sub(pending_orders(self.pool, wave_program).await?);
+        eprintln!(
+            "          … {} of the wave's {} orders expired during that race",
+            outcome.expired, wave.ok
+        );
+        violations.extend(wave_released(self.pool, wave_program, wave.ok).await?);
+        Ok((outcome, violations))
+    }
+}
+
+/// Orders of `program` still waiting for payment.
+async fn pending_orders(pool: &PgPool, program: i64) -> anyhow::Result<u64> {
+    let row = pool
+        .get()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM orders WHERE program_id = $1 AND status = 'pending_payment'",
+            &[&program],
+        )
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0))?)
+}
+
+/// Longest wait for a wave's last orders to expire after its race.
+const WAVE_DRAIN_MAX: Duration = Duration::from_secs(30);
+
+/// Every one of the wave's `placed` orders expired and no seat of it is held or claimed.
+async fn wave_released(pool: &PgPool, program: i64, placed: u64) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + WAVE_DRAIN_MAX;
+    while pending_orders(pool, program).await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = pool
+        .get()
+        .await?
+        .query_one(
+            "SELECT (SELECT count(*) FROM orders WHERE program_id = $1 AND status = 'expired'),
+                    (SELECT count(*) FROM seats s JOIN ticket_categories c ON c.id = s.ticket_category_id
+                      WHERE c.program_id = $1 AND s.status <> 'available'),
+                    (SELECT count(*) FROM seat_claims c JOIN seats s ON s.id = c.seat_id
+                      JOIN ticket_categories t ON t.id = s.ticket_category_id WHERE t.program_id = $1)",
+            &[&program],
+        )
+        .await?;
+    let (expired, taken, claims): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let mut v = Vec::new();
+    if expired != placed as i64 || taken != 0 || claims != 0 {
+        v.push(format!(
+            "expiry wave: {placed} placed, {expired} expired, {taken} seats still taken, {claims} claims left"
+        ));
+    }
+    Ok(v)
 }
 
 /// (A) as built; (B) one transaction per order on every pool connection in parallel, the
 /// conventional design; (B′) one transaction per order through the single writer, the issue's
 /// literal baseline ("the writer committing each order in its own transaction").
-/// The fourth, `redis_lua`, is the non-durable anchor.
-const MODES: [&str; 4] = [
+/// The fourth, `redis_lua`, is the non-durable anchor; the fifth is (A) while an earlier sale's
+/// orders expire (`Bench::sell_out_during_wave`).
+const MODES: [&str; 5] = [
     "group_commit",
     "per_order_tx",
     "per_order_tx_one_writer",
     "redis_lua",
+    "group_commit_expiry_wave",
 ];
 
 /// Waits until the server at `base` answers `GET /healthz`.
@@ -416,7 +530,7 @@ pub(super) async fn sell_out(
 /// One line per round on stderr, so a long run shows progress.
 fn log_round(mode: &str, round: usize, outcome: &RaceOutcome, violations: &[String]) {
     eprintln!(
-        "round {} {:<23} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, pg {:>6.0} µs/order, \
+        "round {} {:<24} {:>6} orders in {:>6.2}s = {:>7.0} orders/s, pg {:>6.0} µs/order, \
          violations: {}",
         round + 1,
         mode,
@@ -572,6 +686,8 @@ pub(super) struct RaceOutcome {
     pg_ticks: u64,
     /// Writer counters' growth during the race.
     writer: WriterCounters,
+    /// Orders of an earlier sale that expired during the race.
+    expired: u64,
 }
 
 /// Every racer once, `concurrency` at a time, best available × 1.
@@ -695,6 +811,7 @@ impl Totals {
         self.race.pg_ticks += r.pg_ticks;
         self.race.writer.statements += r.writer.statements;
         self.race.writer.batches += r.writer.batches;
+        self.race.expired += r.expired;
         self.violations.extend(violations);
     }
 
@@ -715,6 +832,7 @@ impl Totals {
             writer_batches: writer.batches as u64,
             statements_per_batch: ratio(writer.statements, writer.batches),
             orders_per_batch: ratio(orders, writer.batches),
+            expired_during_race: self.race.expired,
             violations: self.violations,
         }
     }
@@ -740,6 +858,10 @@ fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivi
         ),
         ("group_vs_redis_lua", ratio(group, rate("redis_lua"))),
         ("orders_vs_trivial", ratio(group, trivial)),
+        (
+            "expiry_wave_vs_quiet",
+            ratio(rate("group_commit_expiry_wave"), group),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -765,13 +887,17 @@ fn report(opts: &Options, modes: &[&str], totals: BTreeMap<usize, Totals>, trivi
 
 /// The issue's targets: group commit ≥ 5× one transaction per order on every connection,
 /// ≥ 10× on one writer, ≥ 0.25× the trivial endpoint, ≥ 0.5× the non-durable Redis-Lua path,
-/// and at most 100 µs of Postgres CPU per order.
+/// at most 100 µs of Postgres CPU per order, and new orders at ≥ 0.8× their quiet rate while an
+/// expiry wave releases an earlier sale.
 fn judge(ratios: &BTreeMap<String, f64>, runs: &[ModeRun]) -> Vec<Target> {
     let wanted = [
         ("group_vs_per_order", 5.0),
         ("group_vs_per_order_one_writer", 10.0),
         ("orders_vs_trivial", 0.25),
         ("group_vs_redis_lua", 0.5),
+        // "Must not slow new orders": on two cores every release costs the race some CPU, so
+        // the bar is a small loss, not none.
+        ("expiry_wave_vs_quiet", 0.8),
     ];
     let mut targets: Vec<Target> = wanted
         .into_iter()
@@ -799,6 +925,12 @@ pub fn render(report: &Report) -> String {
         "trivial endpoint (GET /healthz): {:.0} req/s\n",
         report.trivial_requests_per_sec
     );
+    for r in report.runs.iter().filter(|r| r.expired_during_race > 0) {
+        out += &format!(
+            "{}: {} orders of an earlier sale expired during its races\n",
+            r.mode, r.expired_during_race
+        );
+    }
     for (k, v) in &report.ratios {
         out += &format!("ratio {k}: {v:.2}\n");
     }
@@ -813,7 +945,7 @@ pub fn render(report: &Report) -> String {
 /// The table of the modes' runs.
 pub(super) fn render_runs(runs: &[ModeRun]) -> String {
     let mut out = format!(
-        "ordering: {:<23} {:>7} {:>9} {:>10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>6}\n",
+        "ordering: {:<24} {:>7} {:>9} {:>10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>6}\n",
         "mode",
         "orders",
         "orders/s",
@@ -827,7 +959,7 @@ pub(super) fn render_runs(runs: &[ModeRun]) -> String {
     );
     for r in runs {
         out += &format!(
-            "          {:<23} {:>7} {:>9.0} {:>10.2} {:>9} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>6}\n",
+            "          {:<24} {:>7} {:>9.0} {:>10.2} {:>9} {:>9} {:>11.1} {:>10.1} {:>10.1} {:>6}\n",
             r.mode,
             r.orders,
             r.orders_per_sec,
@@ -882,6 +1014,7 @@ mod tests {
             writer_batches: 0,
             statements_per_batch: 0.0,
             orders_per_batch: 0.0,
+            expired_during_race: 0,
             violations: vec![],
         };
         let cpu = |runs: &[ModeRun]| judge(&BTreeMap::new(), runs).pop().expect("cpu target");

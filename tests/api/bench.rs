@@ -81,6 +81,7 @@ async fn ordering_bench_sells_out_in_every_mode_without_oversell() {
         rounds: 1,
         concurrency: 8,
         trivial_secs: 0.2,
+        wave_window_secs: 3,
     };
     let report = boxoffice::bench::ordering::run(&settings, &opts)
         .await
@@ -91,6 +92,7 @@ async fn ordering_bench_sells_out_in_every_mode_without_oversell() {
         "per_order_tx",
         "per_order_tx_one_writer",
         "redis_lua",
+        "group_commit_expiry_wave",
     ];
     assert_eq!(report.runs.len(), modes.len(), "{report:?}");
     for mode in modes {
@@ -109,11 +111,12 @@ async fn ordering_bench_sells_out_in_every_mode_without_oversell() {
         "group_vs_per_order_one_writer",
         "group_vs_redis_lua",
         "orders_vs_trivial",
+        "expiry_wave_vs_quiet",
     ] {
         assert!(report.ratios[key] > 0.0, "ratio {key}: {report:?}");
     }
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
     assert!(
         names.contains(&"group_commit.pg_cpu_us_per_order"),
         "{names:?}"
