@@ -109,6 +109,10 @@ enum BenchCommand {
         /// Concurrent HTTP clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Payment window of the expiry-wave mode: the earlier sale is placed this long before
+        /// the race (long enough for Postgres to go quiet in between).
+        #[arg(long, default_value_t = 12)]
+        wave_window_secs: u64,
         /// Where the JSON summary goes.
         #[arg(long, default_value = "bench-results/ordering.json")]
         out: PathBuf,
@@ -296,6 +300,7 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
             rows,
             rounds,
             concurrency,
+            wave_window_secs,
             out,
         } => {
             let opts = bench::ordering::Options {
@@ -303,6 +308,7 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
                 rows,
                 rounds,
                 concurrency,
+                wave_window_secs,
                 ..Default::default()
             };
             let report = bench::ordering::run(&settings, &opts).await?;

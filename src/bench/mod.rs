@@ -120,6 +120,13 @@ impl Scratch {
         admin_execute(&admin, &format!("CREATE DATABASE {name}")).await?;
         let mut scratch_settings = settings.clone();
         scratch_settings.database.url = secrecy::SecretString::from(url_with_db(settings, &name));
+        // Topics of the run's own: durable subscriptions on a shared topic would hand this
+        // run's consumers the backlog of earlier runs and of a demo server on the machine.
+        scratch_settings.pulsar.topic_prefix = format!(
+            "{}{name}-{}-",
+            settings.pulsar.topic_prefix,
+            uuid::Uuid::new_v4().simple()
+        );
         Ok(Scratch {
             settings: scratch_settings,
             admin,
@@ -223,6 +230,9 @@ pub struct Server {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// Worker id of the next benchmark server in this process.
+static NEXT_WORKER_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+
 impl Server {
     /// Starts `settings` after `customize`, under its own Redis prefix.
     pub async fn start(
@@ -233,6 +243,15 @@ impl Server {
         settings.rate_limit.enabled = false;
         settings.redis.key_prefix = prefix.to_string();
         settings.server.port = 0;
+        // Each server is a process of its own in a cluster: distinct order-number worker ids
+        // (and so distinct per-process subscriptions), as production requires.
+        settings.orders.worker_id =
+            NEXT_WORKER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64;
+        // A category has one owning node (ARCHITECTURE.md); the servers of one benchmark share
+        // a database only because each sells its own programs. The sweep that adopts every
+        // category with holds in Postgres (for restarts) would have each run actors for the
+        // others' programs, and two owners' releases collide; servers here never restart.
+        settings.actors.live_holds_sweep_secs = 0;
         customize(&mut settings);
         let listener = tokio::net::TcpListener::bind(settings.bind_address()).await?;
         let base = format!("http://{}", listener.local_addr()?);

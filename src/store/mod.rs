@@ -121,8 +121,13 @@ impl Stores {
         // Generic plans: the writer runs the same dozen statements over partitioned tables
         // thousands of times; custom plans would re-plan (and re-read every partition's
         // constraints) on each execution, which profiles showed as Postgres's largest cost.
+        // Index lookups only: every writer statement joins a batch's arrays to rows by key, and
+        // a generic plan made while a table is small (a fresh on-sale, a new partition) chose
+        // hash joins over sequential scans of every `orders` partition — kept for the life of
+        // the connection, so a release batch read all orders, however many, in the expiry wave.
         let options = format!(
-            "-c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_generic_plan",
+            "-c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_generic_plan \
+             -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off",
             writer::WRITER_IDLE_IN_TRANSACTION.as_millis()
         );
         writer_config.options(options);

@@ -243,6 +243,7 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
             }
             Ok(Attempt::Mismatched(culprits)) => {
                 stats.split.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("writer_splits_total").increment(1);
                 tracing::warn!(jobs = ?culprits, "rows not where jobs expected them; committing the rest without them");
                 for &i in &culprits {
                     answers[i] = Some(Err(batch[i].mismatch()));
@@ -257,6 +258,7 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
             }
             Err(failure) if failure.constraint.is_some() && group.len() > 1 => {
                 stats.split.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("writer_splits_total").increment(1);
                 tracing::warn!(error = %failure.error, jobs = group.len(), "a constraint refused a batch; splitting it");
                 let (first, second) = group.split_at(group.len() / 2);
                 groups.push(second.to_vec());
@@ -342,6 +344,7 @@ async fn attempt(
             "group commit hit a deadlock; running the batch again"
         );
         stats.retried.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("writer_retries_total").increment(1);
         outcome = write_and_resolve(pool, batch, group, stats).await;
     }
     outcome
