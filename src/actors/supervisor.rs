@@ -305,6 +305,20 @@ impl Supervisor {
         self.inner.forget(category_id, &slot);
     }
 
+    /// Categories whose actor is running here (the admin stream's and the reconciler's list of
+    /// hot categories), in id order.
+    pub fn active_categories(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .inner
+            .slots
+            .iter()
+            .filter(|s| s.live.get().is_some_and(|l| l.addr.connected()))
+            .map(|s| *s.key())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Number of live actors.
     pub fn active(&self) -> usize {
         self.inner

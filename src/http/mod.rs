@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_orders;
 pub mod catalog;
 pub mod error;
 pub mod extractor;
@@ -12,8 +13,10 @@ pub mod mq;
 pub mod ops;
 pub mod orders;
 pub mod payments;
+pub mod reconcile;
 pub mod ticket_buyers;
 pub mod ws;
+pub mod ws_admin;
 
 use crate::actors::Supervisor;
 use crate::auth::TokenKeys;
@@ -239,6 +242,9 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::router(&state))
         .merge(admin::router(&state))
         .merge(mq::router(&state))
+        .merge(admin_orders::router(&state))
+        .merge(reconcile::router(&state))
+        .merge(ws_admin::router(&state))
         .merge(orders::router(&state))
         .merge(payments::router(&state))
         .merge(mockpay::router(&state))
