@@ -52,6 +52,8 @@ pub struct Settings {
     pub events: EventSettings,
     /// WebSockets: live seat maps and buyers' channels.
     pub ws: WsSettings,
+    /// The Redis mirror and the reconciler.
+    pub reconcile: ReconcileSettings,
 }
 
 /// Payment providers. The built-in `mockpay` stands in for a real third party: this process
@@ -176,6 +178,24 @@ pub struct EventSettings {
     /// An event the bookkeeping consumer has not seen this long after its commit is marked
     /// `problem` in the MQ message records.
     pub consume_deadline_secs: u64,
+}
+
+/// The Redis read-model mirror and the continuous reconciler (`reconcile`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Keep the Redis mirror of counts and seat statuses.
+    pub mirror: bool,
+    /// How long the mirror gathers committed changes before one pipelined write.
+    pub mirror_coalesce_ms: u64,
+    /// A continuous pass this often (0 = on demand only).
+    pub interval_ms: u64,
+    /// A difference between stores must still be there this much later to count: a change in
+    /// flight (committed in Postgres, not yet in the actor's snapshot or the mirror) is not one.
+    pub confirm_ms: u64,
+    /// An unpaid order's bill older than this is asked about at the provider (its callback may
+    /// have been lost).
+    pub callback_grace_secs: u64,
 }
 
 /// Ordering rules.

@@ -8,13 +8,15 @@
 //!                                                                                   │ committed changes
 //!                                                        store (group commit) ──► PostgreSQL (truth)
 //!                                                        outbox relay ──► Pulsar ──► consumers
-//!  Redis (fred): sessions, rate limits, read-model mirror (not yet). Redis never decides.
+//!  Redis (fred): sessions, rate limits, read-model mirror (reconcile::mirror). Redis never decides.
 //! ```
 //!
 //! - [`config`] — typed settings: embedded defaults ← `config.toml` ← `BOXOFFICE__*` env.
 //! - [`domain`] — pure rules and types, no I/O.
 //! - [`actors`] — the single writers of seat state.
 //! - [`events`] — outbox relay to Pulsar, event consumers with inboxes, the per-user hub.
+//! - [`reconcile`] — the Redis mirror, and the reconciler that compares actor ↔ Postgres ↔
+//!   Redis and orders ↔ seats ↔ payments, repairing where the fix is certain.
 //! - [`realtime`] — WebSockets: one seat-map feed per watched program (coalesced frames,
 //!   serialized once), buyers' channels, connection limits, keepalive and shutdown.
 //! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar.
@@ -66,7 +68,8 @@ pub async fn serve(
     let subscriber = store::RedisStore::subscriber(&state.settings.redis).await?;
     state.catalog.listen(subscriber).await?;
     let (stop_events, events_stop) = tokio::sync::watch::channel(false);
-    start_events(&state, events_stop)?;
+    start_events(&state, events_stop.clone())?;
+    tokio::spawn(state.reconciler.clone().run_continuously(events_stop));
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
     let pg = state.stores.pg.clone();
     http::serve(listener, state, shutdown).await?;

@@ -12,6 +12,7 @@ use crate::config::ActorSettings;
 use crate::domain::inventory::{
     Change, ChangeKind, Delta, Inventory, InventoryError, OrderNo, SeatInfo,
 };
+use crate::reconcile::mirror::{MirrorSink, MirrorUpdate};
 use crate::store::StoreError;
 use crate::store::inventory::InventoryStore;
 use actix::prelude::*;
@@ -35,6 +36,7 @@ pub struct CategoryActor {
     snapshot: watch::Sender<Arc<CategorySnapshot>>,
     deltas: broadcast::Sender<Arc<Delta>>,
     reloads: mpsc::UnboundedSender<ReloadRequest>,
+    mirror: Option<MirrorSink>,
     dirty: bool,
     totals: Totals,
     /// Reservations waiting for [`Settle`], with the timer that abandons them.
@@ -51,6 +53,8 @@ pub struct Channels {
     /// Where an actor that stopped to reload asks to be started again at once (its holds'
     /// timers must not wait for the next buyer to touch the category).
     pub reloads: mpsc::UnboundedSender<ReloadRequest>,
+    /// The Redis read-model mirror, told of every committed change (None: no mirror).
+    pub mirror: Option<MirrorSink>,
 }
 
 /// "Category `.0`, whose actor was `.1`, stopped to reload from Postgres: start it again."
@@ -77,6 +81,7 @@ impl CategoryActor {
             snapshot: channels.snapshot,
             deltas: channels.deltas,
             reloads: channels.reloads,
+            mirror: channels.mirror,
             dirty: true,
             totals: Totals::default(),
             reserved: HashMap::new(),
@@ -92,6 +97,23 @@ impl CategoryActor {
             seats,
             statuses: inv.seat_statuses(),
         }
+    }
+
+    /// Hands the mirror everything this actor loaded from Postgres: the mirror starts over
+    /// from the truth whenever an actor (re)starts.
+    fn mirror_whole_state(&self) {
+        let Some(mirror) = &self.mirror else { return };
+        let seats = self
+            .seats
+            .iter()
+            .zip(self.inv.seat_statuses())
+            .map(|(seat, status)| (seat.id, status))
+            .collect();
+        mirror.note(MirrorUpdate::Reset {
+            category_id: self.inv.spec().category_id,
+            counts: self.inv.counts(),
+            seats,
+        });
     }
 
     fn publish_snapshot_if_dirty(&mut self) {
@@ -262,6 +284,14 @@ impl CategoryActor {
             ChangeKind::Return => self.totals.returns += 1,
         }
         self.counts_changed();
+        if let Some(mirror) = &self.mirror {
+            mirror.note(MirrorUpdate::Changed {
+                category_id: change.category_id,
+                kind: change.kind,
+                quantity: change.quantity,
+                seats: delta.changes.clone(),
+            });
+        }
         // No subscribers is fine: the send only fails when nobody listens.
         let _ = self.deltas.send(Arc::new(delta));
     }
@@ -271,6 +301,7 @@ impl Actor for CategoryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.mirror_whole_state();
         let holds: Vec<_> = self.inv.holds().collect();
         for (order, expires_at) in holds {
             self.arm_timer(order, expires_at, ctx);

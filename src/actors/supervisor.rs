@@ -20,6 +20,7 @@ use super::messages::*;
 use crate::clock::Clock;
 use crate::config::ActorSettings;
 use crate::domain::inventory::{Delta, Inventory, SeatId};
+use crate::reconcile::mirror::MirrorSink;
 use crate::store::StoreError;
 use crate::store::inventory::InventoryStore;
 use actix::dev::ToEnvelope;
@@ -52,6 +53,9 @@ struct Inner {
     seat_categories: DashMap<SeatId, i64>,
     reloads: mpsc::UnboundedSender<ReloadRequest>,
     started: Instant,
+    /// Set once at startup when the server keeps a Redis mirror; actors started afterwards
+    /// report to it.
+    mirror: std::sync::OnceLock<MirrorSink>,
 }
 
 #[derive(Default)]
@@ -124,6 +128,7 @@ impl Supervisor {
             seat_categories: DashMap::new(),
             reloads,
             started: Instant::now(),
+            mirror: std::sync::OnceLock::new(),
         });
         tokio::spawn(sweep_idle(Arc::downgrade(&inner)));
         tokio::spawn(keep_holds_live(Arc::downgrade(&inner), reload_requests));
@@ -305,6 +310,12 @@ impl Supervisor {
         self.inner.forget(category_id, &slot);
     }
 
+    /// Makes every actor started from now on report its committed changes to `sink` (the
+    /// Redis mirror); a second call is ignored.
+    pub fn mirror_to(&self, sink: MirrorSink) {
+        let _ = self.inner.mirror.set(sink);
+    }
+
     /// Categories whose actor is running here (the admin stream's and the reconciler's list of
     /// hot categories), in id order.
     pub fn active_categories(&self) -> Vec<i64> {
@@ -406,6 +417,7 @@ async fn activate(inner: Arc<Inner>, category_id: i64) -> Result<Arc<Live>, Acto
         snapshot: snapshot_tx,
         deltas,
         reloads: inner.reloads.clone(),
+        mirror: inner.mirror.get().cloned(),
     };
     let addr = CategoryActor::start_in_arbiter(inner.next_arbiter(), move |_| {
         CategoryActor::new(inv, store, clock, settings, channels)

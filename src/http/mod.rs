@@ -86,6 +86,8 @@ pub struct AppState {
     pub hub: crate::events::hub::Hub,
     /// WebSockets: seat-map feeds, open connections, buyer channels' tokens.
     pub realtime: crate::realtime::Realtime,
+    /// Compares actor, Postgres and the Redis mirror, and orders with payments.
+    pub reconciler: crate::reconcile::Reconciler,
 }
 
 impl AppState {
@@ -118,6 +120,21 @@ impl AppState {
             idempotency_ttl_secs: settings.orders.idempotency_ttl_secs as f64,
         };
         let (payments, mockpay) = payment_parts(&settings, &stores, &supervisor);
+        let r = settings.reconcile;
+        if r.mirror {
+            let coalesce = std::time::Duration::from_millis(r.mirror_coalesce_ms);
+            supervisor.mirror_to(crate::reconcile::mirror::start(
+                stores.redis.clone(),
+                coalesce,
+            ));
+        }
+        let reconciler = crate::reconcile::Reconciler::new(
+            stores.pg.clone(),
+            stores.redis.clone(),
+            supervisor.clone(),
+            payments.clone(),
+            r,
+        );
         let sessions = SessionGuard::new(stores.redis.clone());
         let realtime = crate::realtime::Realtime::new(
             settings.ws.clone(),
@@ -126,6 +143,7 @@ impl AppState {
         );
         let a = &settings.accounts;
         Ok(AppState {
+            reconciler,
             payments,
             mockpay,
             writer,

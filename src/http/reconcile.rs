@@ -1,9 +1,144 @@
 //! Inventory view and reconciliation findings for operators (API.md, "Admin"). Admins only.
+//!
+//! - `GET /api/v1/admin/programs/{id}/inventory[?seats=true]`: per category the actor's, Postgres's
+//!   and the Redis mirror's counts, `consistent`, and the seats on which they differ (every seat
+//!   with `seats=true`).
+//! - `POST /api/v1/admin/reconciliations/run[?program_id=]`: one pass now; answers its figures.
+//! - `GET /api/v1/admin/reconciliations?status=&page=&per_page=`: findings, newest first.
+//! - `POST /api/v1/admin/reconciliations/{id}/handled` `{note}`: an operator resolves a problem
+//!   (audit-logged).
 
 use super::AppState;
-use axum::Router;
+use super::error::ApiError;
+use super::extractor::AdminUser;
+use super::limits;
+use crate::reconcile::findings;
+use crate::store::StoreError;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
-/// Routes of this module.
-pub fn router(_state: &AppState) -> Router<AppState> {
+/// Routes of this module, with the `admin` rate limit.
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
+        .route("/api/v1/admin/programs/{id}/inventory", get(inventory))
+        .route("/api/v1/admin/reconciliations", get(list))
+        .route("/api/v1/admin/reconciliations/run", post(run))
+        .route("/api/v1/admin/reconciliations/{id}/handled", post(handled))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::admin))
+}
+
+/// `?seats=true` lists every seat, not only the differing ones.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct InventoryQuery {
+    seats: Option<bool>,
+}
+
+/// `GET /api/v1/admin/programs/{id}/inventory`.
+#[utoipa::path(get, path = "/api/v1/admin/programs/{id}/inventory", tag = "admin", operation_id = "program_inventory",
+    params(("id" = i64, Path, description = "Program id"), InventoryQuery),
+    responses((status = 200, description = "`{program_id, consistent, categories: [{ticket_category_id, capacity, actor, postgres, redis, consistent, differing_seats}]}`"),
+        (status = 403, description = "Not an admin"), (status = 404, description = "No such program")))]
+pub async fn inventory(
+    State(st): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<i64>,
+    Query(q): Query<InventoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let categories = st
+        .reconciler
+        .program_view(id, q.seats.unwrap_or(false))
+        .await?;
+    if categories.is_empty() {
+        return Err(StoreError::NotFound(format!("program {id}")).into());
+    }
+    let consistent = categories.iter().all(|c| c.consistent);
+    Ok(Json(
+        json!({ "program_id": id, "consistent": consistent, "categories": categories }),
+    ))
+}
+
+/// Filters of the findings list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FindingsQuery {
+    /// `unreconciled`, `reconciled_with_problem`, `reconciled_ok` or `problem_handled`.
+    status: Option<String>,
+    page: Option<u32>,
+    per_page: Option<u32>,
+}
+
+/// `GET /api/v1/admin/reconciliations`.
+#[utoipa::path(get, path = "/api/v1/admin/reconciliations", tag = "admin", operation_id = "list_reconciliations",
+    params(FindingsQuery),
+    responses((status = 200, description = "`{items, total, page, per_page}`"), (status = 400, description = "Unknown status"),
+        (status = 403, description = "Not an admin")))]
+pub async fn list(
+    State(st): State<AppState>,
+    _admin: AdminUser,
+    Query(q): Query<FindingsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(status) = q.status.as_deref()
+        && !findings::STATUSES.contains(&status)
+    {
+        return Err(ApiError::validation(
+            "status",
+            "unknown reconciliation status",
+        ));
+    }
+    let (page, per_page) = (
+        q.page.unwrap_or(1).max(1),
+        q.per_page.unwrap_or(50).clamp(1, 200),
+    );
+    let (items, total) = findings::page(&st.stores.pg, q.status.as_deref(), page, per_page).await?;
+    Ok(Json(
+        json!({ "items": items, "total": total, "page": page, "per_page": per_page }),
+    ))
+}
+
+/// Which program's categories to include besides the hot ones.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RunQuery {
+    program_id: Option<i64>,
+}
+
+/// `POST /api/v1/admin/reconciliations/run`.
+#[utoipa::path(post, path = "/api/v1/admin/reconciliations/run", tag = "admin", operation_id = "run_reconciliation",
+    params(RunQuery),
+    responses((status = 200, description = "The pass: `{trigger, duration_ms, categories, seats, orders, findings, repaired}`"),
+        (status = 403, description = "Not an admin")))]
+pub async fn run(
+    State(st): State<AppState>,
+    _admin: AdminUser,
+    Query(q): Query<RunQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let report = st.reconciler.pass("on_demand", q.program_id).await?;
+    Ok(Json(json!(report)))
+}
+
+/// An operator's resolution.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Handled {
+    /// What was done.
+    note: String,
+}
+
+/// `POST /api/v1/admin/reconciliations/{id}/handled`.
+#[utoipa::path(post, path = "/api/v1/admin/reconciliations/{id}/handled", tag = "admin", operation_id = "handle_reconciliation",
+    params(("id" = i64, Path, description = "Finding id")), request_body = Handled,
+    responses((status = 200, description = "The finding, `problem_handled`"), (status = 403, description = "Not an admin"),
+        (status = 404, description = "No open finding with this id")))]
+pub async fn handled(
+    State(st): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<i64>,
+    Json(body): Json<Handled>,
+) -> Result<Json<Value>, ApiError> {
+    let note = body.note.trim();
+    if note.is_empty() || note.len() > 2000 {
+        return Err(ApiError::validation("note", "1 to 2000 characters"));
+    }
+    let finding = findings::mark_handled(&st.stores.pg, id, admin.0.0.sub, note).await?;
+    Ok(Json(json!(finding)))
 }

@@ -100,6 +100,7 @@ impl TimerRig {
             snapshot,
             deltas,
             reloads,
+            mirror: None,
         };
         CategoryActor::new(inv, store, clock, settings, channels).start()
     }
