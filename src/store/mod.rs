@@ -4,6 +4,7 @@
 //! [`Stores::connect`] opens all three and fails with a message naming the store that did not
 //! answer, so a misconfigured deployment stops at startup instead of serving errors.
 
+pub mod admin_orders;
 pub mod audit;
 pub mod batch;
 pub mod bloom;
