@@ -139,6 +139,31 @@ enum BenchCommand {
         #[arg(long, default_value = "bench-results/events.json")]
         out: PathBuf,
     },
+    /// Watching a sale: a reconciler pass over a 50,000-seat category, and ordering with the
+    /// reconciler, the Redis mirror and an admin stream running vs none of them.
+    Reconcile {
+        /// Rows of 40 seats of the category a pass reconciles.
+        #[arg(long, default_value_t = 1_250)]
+        seat_rows: i32,
+        /// Passes timed.
+        #[arg(long, default_value_t = 5)]
+        passes: u32,
+        /// Buyers per ordering round (one seat each).
+        #[arg(long, default_value_t = 2_000)]
+        buyers: usize,
+        /// Rows of 40 seats per ordering round.
+        #[arg(long, default_value_t = 25)]
+        rows: i32,
+        /// Ordering rounds per side.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "bench-results/reconcile.json")]
+        out: PathBuf,
+    },
     /// Seat-map WebSockets: N subscribers (in steps) on one program while orders change seats;
     /// memory per idle connection, change-to-last-subscriber delay, frames and CPU with
     /// coalescing vs one frame per committed change. The server runs as a child process.
@@ -338,6 +363,30 @@ async fn run_bench(which: BenchCommand, settings: Settings) -> anyhow::Result<()
             anyhow::ensure!(
                 report.valid,
                 "a round broke an invariant; the results are invalid"
+            );
+        }
+        BenchCommand::Reconcile {
+            seat_rows,
+            passes,
+            buyers,
+            rows,
+            rounds,
+            concurrency,
+            out,
+        } => {
+            let opts = bench::reconcile::Options {
+                seat_rows,
+                passes,
+                buyers,
+                rows,
+                rounds,
+                concurrency,
+            };
+            let report = bench::reconcile::run(&settings, &opts).await?;
+            publish(&out, &report, &bench::reconcile::render(&report))?;
+            anyhow::ensure!(
+                report.valid,
+                "a round broke an invariant or a pass found a divergence; the results are invalid"
             );
         }
         BenchCommand::Ws {

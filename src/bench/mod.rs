@@ -9,6 +9,8 @@
 //!   transaction per order, and against a non-durable Redis-Lua order path (`ordering_lua`).
 //! - [`events`] — the outbox relay batched against one publish at a time, ordering with the
 //!   relay and consumers running against stopped, and the commit-to-consumer delay.
+//! - [`reconcile`] — a reconciler pass over a 50,000-seat category, and ordering while the
+//!   reconciler, the Redis mirror and an admin stream watch against none of them.
 //! - [`ws`] — thousands of seat-map subscribers: memory per connection, change-to-last-
 //!   subscriber delay, and frames with coalescing against one frame per change.
 //!
@@ -19,6 +21,7 @@ pub mod cpu;
 pub mod events;
 pub mod ordering;
 mod ordering_lua;
+pub mod reconcile;
 pub mod seat_hold;
 pub mod targets;
 pub mod ws;

@@ -576,7 +576,7 @@ impl Probe {
 /// server's pool and ours), the background processes every database shares (WAL writer,
 /// checkpointer, …: `datname` is NULL) and the postmaster. Backends of other databases — a test
 /// suite running next to the benchmark — are left out.
-async fn pg_ticks(pool: &PgPool) -> anyhow::Result<BTreeMap<u32, u64>> {
+pub(super) async fn pg_ticks(pool: &PgPool) -> anyhow::Result<BTreeMap<u32, u64>> {
     let rows = pool
         .get()
         .await?
@@ -599,7 +599,7 @@ async fn pg_ticks(pool: &PgPool) -> anyhow::Result<BTreeMap<u32, u64>> {
 
 /// Ticks used between two readings; a process that started in between counts from 0 (one that
 /// exited in between is lost, which pooled connections make rare).
-fn ticks_since(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> u64 {
+pub(super) fn ticks_since(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> u64 {
     after
         .iter()
         .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
@@ -691,7 +691,7 @@ pub(super) struct RaceOutcome {
 }
 
 /// Every racer once, `concurrency` at a time, best available × 1.
-async fn race(
+pub(super) async fn race(
     http: &reqwest::Client,
     base: &str,
     racers: &Arc<Vec<Racer>>,

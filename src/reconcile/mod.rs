@@ -12,7 +12,9 @@
 //! - an unpaid order whose bill the provider reports paid (its callback was lost) is applied
 //!   through the normal payment path — settled;
 //! - a paid bill whose order is neither paid nor refunded is raised: money was taken for an
-//!   order that did not sell, and only an operator can decide.
+//!   order that did not sell, and only an operator can decide;
+//! - an order event the bookkeeping consumer found inconsistent or never consumed (the MQ
+//!   records' `problem`) is raised.
 //!
 //! Continuous passes cover the categories whose actors run here (the hot ones) and recent bills;
 //! `POST /api/v1/admin/reconciliations/run` runs one on demand. Each pass is stored in
@@ -132,6 +134,7 @@ impl Reconciler {
             self.reconcile_category(category_id, &mut report).await?;
         }
         self.reconcile_payments(&mut report).await?;
+        self.reconcile_messages(&mut report).await?;
         report.duration_ms = started.elapsed().as_secs_f64() * 1e3;
         metrics::histogram!("reconcile_pass_seconds").record(report.duration_ms / 1e3);
         findings::record_run(&self.pg, &report).await?;
@@ -370,6 +373,37 @@ impl Reconciler {
             ..Default::default()
         };
         self.found(&finding, report).await
+    }
+
+    /// Order events the bookkeeping consumer judged inconsistent with their order, or never
+    /// consumed in time (MQ records `problem`, see `events::bookkeeping`), are raised here too,
+    /// so one list holds everything an operator must look at; at most 100 per pass.
+    async fn reconcile_messages(&self, report: &mut PassReport) -> Result<(), StoreError> {
+        let rows = self
+            .pg
+            .get()
+            .await?
+            .query(
+                "SELECT event_id::text, event_type, order_no, program_id, send_status FROM outbox
+                 WHERE reconcile_status = 'problem' ORDER BY id LIMIT 100",
+                &[],
+            )
+            .await?;
+        for row in &rows {
+            let event_id: String = row.get(0);
+            let finding = NewFinding {
+                kind: "mq_message",
+                subject: format!("event:{event_id}"),
+                order_no: row.get(2),
+                program_id: row.get(3),
+                details: json!({ "event_type": row.get::<_, String>(1),
+                    "send_status": row.get::<_, String>(4), "reconcile_status": "problem" }),
+                status: findings::PROBLEM,
+                ..Default::default()
+            };
+            self.found(&finding, report).await?;
+        }
+        Ok(())
     }
 
     /// Records a finding, counts it, and raises an alert for a new problem.

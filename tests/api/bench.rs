@@ -1,4 +1,5 @@
-//! The benchmarks in miniature (`boxoffice bench seat-hold`, `catalog`, `ordering`, `events`, `ws`):
+//! The benchmarks in miniature (`boxoffice bench seat-hold`, `catalog`, `ordering`, `events`, `ws`,
+//! `reconcile`):
 //! every design runs against the real stores, the invariant checks pass, and the summary has the
 //! shape the README documents. Never timing assertions: the machine is shared.
 
@@ -224,4 +225,31 @@ async fn ws_bench_measures_subscribers_and_both_frame_modes() {
         report.modes
     );
     assert_eq!(report.targets.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_bench_times_passes_and_orders_watched_and_not() {
+    let db = TestDb::create().await;
+    let settings = test_settings(&db.name);
+    let opts = boxoffice::bench::reconcile::Options {
+        seat_rows: 5,
+        passes: 2,
+        buyers: 60,
+        rows: 1,
+        rounds: 1,
+        concurrency: 8,
+    };
+    let report = boxoffice::bench::reconcile::run(&settings, &opts)
+        .await
+        .expect("bench runs");
+    assert!(report.valid, "{report:?}");
+    assert_eq!(report.pass.seats, 200, "{report:?}");
+    assert_eq!(report.pass.held, 60, "{report:?}");
+    assert!(report.pass.median_ms > 0.0 && report.pass.median_ms <= report.pass.max_ms);
+    for mode in ["watched", "unwatched"] {
+        let r = report.runs.iter().find(|r| r.mode == mode).expect(mode);
+        assert_eq!((r.orders, r.sold_out, r.errors), (40, 20, 0), "{r:?}");
+    }
+    assert!(report.ratios["watched_vs_unwatched"] > 0.0);
+    assert_eq!(report.targets.len(), 1);
 }

@@ -367,6 +367,23 @@ async fn an_on_demand_pass_reports_its_cost_and_buyers_are_refused_everywhere() 
         };
         assert_eq!(anonymous.status(), 401, "{path}");
     }
+    // An order event nobody consumed in time is raised with the rest.
+    execute(
+        &app,
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, order_no, program_id, payload, reconcile_status)
+         VALUES (gen_random_uuid(), 'order-events', '9', 'OrderCreated', 9, $1, '{}', 'problem')",
+        &[&program],
+    )
+    .await;
+    let r = app.post(&path, Some(&admin), &json!({})).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["findings"], 1);
+    let raised = findings(&app, &admin).await;
+    assert!(
+        raised
+            .iter()
+            .any(|f| f["kind"] == "mq_message" && f["status"] == "reconciled_with_problem"),
+        "{raised:?}"
+    );
     let bad = app
         .get_as(&admin, "/api/v1/admin/reconciliations?status=whatever")
         .await;
