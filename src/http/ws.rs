@@ -117,8 +117,8 @@ fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
-/// A checked upgrade request with its place among the open sockets.
-struct Handshake {
+/// A checked upgrade request with its place among the open sockets (shared with `/ws/admin`).
+pub(super) struct Handshake {
     accept_key: String,
     on_upgrade: OnUpgrade,
     protocol: Option<HeaderValue>,
@@ -127,7 +127,11 @@ struct Handshake {
 
 impl Handshake {
     /// Checks the request is a WebSocket handshake from an allowed origin and admits it.
-    fn check(st: &AppState, peer: SocketAddr, req: &mut Request) -> Result<Self, ApiError> {
+    pub(super) fn check(
+        st: &AppState,
+        peer: SocketAddr,
+        req: &mut Request,
+    ) -> Result<Self, ApiError> {
         let headers = req.headers();
         let key = headers
             .get(header::SEC_WEBSOCKET_KEY)
@@ -150,7 +154,7 @@ impl Handshake {
     }
 
     /// Answers 101 and runs the connection with `source` once the upgrade completes.
-    fn accept(self, st: &AppState, source: impl Source + 'static) -> Response {
+    pub(super) fn accept(self, st: &AppState, source: impl Source + 'static) -> Response {
         let realtime = st.realtime.clone();
         let Handshake {
             accept_key,

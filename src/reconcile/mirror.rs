@@ -277,6 +277,27 @@ fn parse_counts(fields: &HashMap<String, i64>) -> Option<Counts> {
     })
 }
 
+/// The mirror's counts of each of `ids` that has them (one pipeline; the admin stream's
+/// "redis" figures).
+pub async fn counts(redis: &RedisStore, ids: &[i64]) -> Result<HashMap<i64, Counts>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let pipeline = redis.client().pipeline();
+    let read = async {
+        for id in ids {
+            let _: () = pipeline.hgetall(counts_key(redis, *id)).await?;
+        }
+        pipeline.all::<Vec<HashMap<String, i64>>>().await
+    };
+    let all = read.await.map_err(|e| StoreError::Redis(e.to_string()))?;
+    Ok(ids
+        .iter()
+        .zip(all)
+        .filter_map(|(id, fields)| Some((*id, parse_counts(&fields)?)))
+        .collect())
+}
+
 /// Rewrites the category's mirror from `counts` and `seats` (the reconciler's repair, with
 /// Postgres's figures), in one pipeline.
 pub async fn rewrite(

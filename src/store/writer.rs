@@ -62,6 +62,9 @@ pub struct WriterStats {
     pub statements: AtomicU64,
     /// Batches rolled back and run again without a culprit, or split to find one.
     pub split: AtomicU64,
+    /// Time from a committed group's BEGIN to its COMMIT's answer (retries included), for the
+    /// admin stream's p50/p99; Prometheus gets `writer_commit_seconds`.
+    pub commit_latency: crate::monitor::LatencySummary,
 }
 
 /// What became of a new order.
@@ -232,8 +235,10 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
     let mut answers: Vec<Option<JobResult>> = (0..batch.len()).map(|_| None).collect();
     let mut groups = vec![(0..batch.len()).collect::<Vec<usize>>()];
     while let Some(group) = groups.pop() {
+        let started = std::time::Instant::now();
         match attempt(pool, &batch, &group, stats).await {
             Ok(Attempt::Committed(results)) => {
+                record_commit(stats, started.elapsed());
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("writer_batches_total").increment(1);
                 metrics::histogram!("writer_batch_size").record(group.len() as f64);
@@ -492,6 +497,12 @@ async fn write_group(
             ..e.into()
         }),
     }
+}
+
+/// How long a committed group took, for the admin stream and `/metrics`.
+fn record_commit(stats: &WriterStats, took: Duration) {
+    stats.commit_latency.record(took);
+    metrics::histogram!("writer_commit_seconds").record(took.as_secs_f64());
 }
 
 fn count_statements(stats: &WriterStats, n: u64) {
