@@ -107,6 +107,22 @@ async fn run(monitor: Weak<Monitor>, sources: Sources, period: Duration) {
     // A slow tick (Postgres at its timeout) delays the next one instead of bunching them.
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticker = Ticker::default();
+    // What is already open when the monitor starts is history, not an alert; taken before the
+    // first frame so a finding raised after a client's first frame is never mistaken for it.
+    while new_alerts(
+        &sources.pg,
+        &mut ticker.findings,
+        &mut ticker.dead_letters,
+        Instant::now(),
+    )
+    .await
+    .is_err()
+    {
+        if monitor.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(period).await;
+    }
     loop {
         every.tick().await;
         let Some(monitor) = monitor.upgrade() else {

@@ -94,6 +94,7 @@ impl CategoryActor {
             category_id: inv.spec().category_id,
             seq: inv.seq(),
             counts: inv.counts(),
+            in_flight: inv.in_flight(),
             seats,
             statuses: inv.seat_statuses(),
         }

@@ -137,6 +137,10 @@ pub struct CategorySnapshot {
     pub seq: u64,
     /// Counts at that point (pending holds count as held).
     pub counts: Counts,
+    /// Orders mid-change at that point ([`Inventory::in_flight`]).
+    ///
+    /// [`Inventory::in_flight`]: crate::domain::inventory::Inventory::in_flight
+    pub in_flight: usize,
     /// Seat facts in grid order (shared, never copied per request).
     pub seats: Arc<[SeatInfo]>,
     /// Status per seat, same order.

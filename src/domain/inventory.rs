@@ -295,6 +295,16 @@ impl Inventory {
             .map(|(n, o)| (*n, o.expires_at))
     }
 
+    /// Orders whose change is on its way to Postgres (a hold not yet durable, a release, sale
+    /// or return not yet committed): while there are any, counts differ from Postgres's by
+    /// design, so the reconciler does not judge them.
+    pub fn in_flight(&self) -> usize {
+        self.orders
+            .values()
+            .filter(|o| !matches!(o.stage, Stage::Held | Stage::Sold))
+            .count()
+    }
+
     /// Whether any order is mid-change or holding (an actor with such state must stay alive).
     pub fn has_live_holds(&self) -> bool {
         self.orders

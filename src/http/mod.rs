@@ -121,12 +121,12 @@ impl AppState {
         };
         let (payments, mockpay) = payment_parts(&settings, &stores, &supervisor);
         let r = settings.reconcile;
-        if r.mirror {
+        let mirror = r.mirror.then(|| {
             let coalesce = std::time::Duration::from_millis(r.mirror_coalesce_ms);
-            supervisor.mirror_to(crate::reconcile::mirror::start(
-                stores.redis.clone(),
-                coalesce,
-            ));
+            crate::reconcile::mirror::start(stores.redis.clone(), coalesce)
+        });
+        if let Some(sink) = &mirror {
+            supervisor.mirror_to(sink.clone());
         }
         let reconciler = crate::reconcile::Reconciler::new(
             stores.pg.clone(),
@@ -134,6 +134,7 @@ impl AppState {
             supervisor.clone(),
             payments.clone(),
             r,
+            mirror,
         );
         let sessions = SessionGuard::new(stores.redis.clone());
         let realtime = crate::realtime::Realtime::new(

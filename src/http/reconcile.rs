@@ -10,10 +10,11 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extractor::AdminUser;
+use super::extractor::{AdminUser, ApiJson};
 use super::limits;
 use crate::reconcile::findings;
 use crate::store::StoreError;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
@@ -45,8 +46,9 @@ pub async fn inventory(
     State(st): State<AppState>,
     _admin: AdminUser,
     Path(id): Path<i64>,
-    Query(q): Query<InventoryQuery>,
+    query: Result<Query<InventoryQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let categories = st
         .reconciler
         .program_view(id, q.seats.unwrap_or(false))
@@ -77,8 +79,9 @@ pub struct FindingsQuery {
 pub async fn list(
     State(st): State<AppState>,
     _admin: AdminUser,
-    Query(q): Query<FindingsQuery>,
+    query: Result<Query<FindingsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     if let Some(status) = q.status.as_deref()
         && !findings::STATUSES.contains(&status)
     {
@@ -111,8 +114,9 @@ pub struct RunQuery {
 pub async fn run(
     State(st): State<AppState>,
     _admin: AdminUser,
-    Query(q): Query<RunQuery>,
+    query: Result<Query<RunQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let report = st.reconciler.pass("on_demand", q.program_id).await?;
     Ok(Json(json!(report)))
 }
@@ -133,7 +137,7 @@ pub async fn handled(
     State(st): State<AppState>,
     admin: AdminUser,
     Path(id): Path<i64>,
-    Json(body): Json<Handled>,
+    ApiJson(body): ApiJson<Handled>,
 ) -> Result<Json<Value>, ApiError> {
     let note = body.note.trim();
     if note.is_empty() || note.len() > 2000 {

@@ -72,16 +72,20 @@ pub struct Finding {
     pub handled_note: Option<String>,
 }
 
-/// Records `f`; an open finding of the same kind and subject is updated instead of repeated.
-/// Answers whether a new problem was raised (the caller alerts on it).
+/// Records `f`; an open finding of the same kind and subject is updated instead of repeated,
+/// and one an operator already handled, with the same details, is not raised again. Answers
+/// whether a new problem was raised (the caller alerts on it).
 pub async fn record(pool: &PgPool, f: &NewFinding) -> Result<bool, StoreError> {
     let row = pool
         .get()
         .await?
-        .query_one(
+        .query_opt(
             "INSERT INTO reconciliation_findings
                  (program_id, ticket_category_id, order_no, kind, subject, details, status, repair)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8
+             WHERE NOT EXISTS (SELECT 1 FROM reconciliation_findings h
+                               WHERE h.kind = $4 AND h.subject = $5
+                                 AND h.status = 'problem_handled' AND h.details = $6)
              ON CONFLICT (kind, subject) WHERE status IN ('unreconciled', 'reconciled_with_problem')
              DO UPDATE SET details = EXCLUDED.details, status = EXCLUDED.status,
                            repair = coalesce(EXCLUDED.repair, reconciliation_findings.repair),
@@ -99,7 +103,7 @@ pub async fn record(pool: &PgPool, f: &NewFinding) -> Result<bool, StoreError> {
             ],
         )
         .await?;
-    let inserted: bool = row.get(0);
+    let inserted = row.is_some_and(|r| r.get::<_, bool>(0));
     Ok(inserted && f.status == PROBLEM)
 }
 
@@ -170,6 +174,18 @@ pub async fn mark_handled(
         )
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("open finding {id}")))?;
+    // An order event's finding is its MQ record's problem: handled together.
+    let (kind, subject): (String, String) = (row.get(1), row.get(2));
+    if let Some(event_id) = subject
+        .strip_prefix("event:")
+        .filter(|_| kind == "mq_message")
+    {
+        tx.execute(
+            "UPDATE outbox SET reconcile_status = 'handled' WHERE event_id = $1::text::uuid",
+            &[&event_id],
+        )
+        .await?;
+    }
     let details = serde_json::json!({ "note": note });
     audit::record(
         &tx,

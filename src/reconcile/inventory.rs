@@ -50,10 +50,16 @@ pub struct CategoryView {
     /// Postgres's seat rows (for repairs; not shown).
     #[serde(skip)]
     pub pg_seats: Vec<PgSeat>,
+    /// The actor's `seq` when read (None: no actor here).
+    #[serde(skip)]
+    pub actor_seq: Option<u64>,
+    /// Orders mid-change in the actor when read: its counts then differ from Postgres by design.
+    #[serde(skip)]
+    pub actor_in_flight: usize,
 }
 
 /// A seat's status in each store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct SeatDiff {
     /// The seat.
     pub seat_id: SeatId,
@@ -75,39 +81,57 @@ impl SeatDiff {
     }
 }
 
+/// Where a view reads from.
+pub struct Stores<'a> {
+    /// The truth.
+    pub pg: &'a PgPool,
+    /// The mirror's home; None when the server keeps no mirror (then it is not compared).
+    pub redis: Option<&'a RedisStore>,
+    /// The actors.
+    pub supervisor: &'a Supervisor,
+}
+
 /// Reads `category_id` from all three stores. The actor is read only if it already runs here
-/// (looking must not start one).
+/// (looking must not start one). A mirror Redis cannot answer for, or that does not parse,
+/// reads as empty: it is then rewritten, not trusted.
 pub async fn view(
-    pg: &PgPool,
-    redis: &RedisStore,
-    supervisor: &Supervisor,
+    stores: &Stores<'_>,
     category_id: i64,
     all_seats: bool,
 ) -> Result<CategoryView, StoreError> {
+    let (pg, supervisor) = (stores.pg, stores.supervisor);
     let (program_id, capacity, seated) = category_facts(pg, category_id).await?;
     let (postgres, pg_seats) = match seated {
         true => seated_in_postgres(pg, category_id).await?,
         false => (ga_in_postgres(pg, category_id).await?, Vec::new()),
     };
     let actor = actor_view(supervisor, category_id).await;
-    let mirrored = mirror::read(redis, category_id).await?;
-    let diffs = seat_diffs(&pg_seats, actor.as_ref().map(|a| &a.1), &mirrored);
+    let mirrored = match stores.redis {
+        Some(redis) => Some(mirror::read(redis, category_id).await.unwrap_or_default()),
+        None => None,
+    };
+    let diffs = seat_diffs(&pg_seats, actor.as_ref(), mirrored.as_ref());
     let differing: Vec<SeatDiff> = diffs.iter().filter(|d| !d.agrees()).cloned().collect();
-    let actor_counts = actor.map(|a| a.0);
+    let actor_counts = actor.as_ref().map(|a| a.counts);
+    let redis_counts = mirrored.as_ref().and_then(|m| m.counts);
+    let in_flight = actor.as_ref().map_or(0, |a| a.in_flight);
+    // Counts the actor has not committed yet are not a divergence.
     let consistent = differing.is_empty()
-        && actor_counts.is_none_or(|a| a == postgres)
-        && mirrored.counts == Some(postgres);
+        && (in_flight > 0 || actor_counts.is_none_or(|a| a == postgres))
+        && (mirrored.is_none() || redis_counts == Some(postgres));
     Ok(CategoryView {
         ticket_category_id: category_id,
         program_id,
         capacity,
         actor: actor_counts,
         postgres,
-        redis: mirrored.counts,
+        redis: redis_counts,
         consistent,
         differing_seats: differing,
         seats: all_seats.then_some(diffs),
         pg_seats,
+        actor_seq: actor.as_ref().map(|a| a.seq),
+        actor_in_flight: in_flight,
     })
 }
 
@@ -200,11 +224,16 @@ async fn ga_in_postgres(pg: &PgPool, category_id: i64) -> Result<Counts, StoreEr
     })
 }
 
-/// The running actor's published counts and seat statuses, if it runs here.
-async fn actor_view(
-    supervisor: &Supervisor,
-    category_id: i64,
-) -> Option<(Counts, HashMap<SeatId, SeatStatus>)> {
+/// What a running actor published.
+struct ActorView {
+    counts: Counts,
+    seq: u64,
+    in_flight: usize,
+    statuses: HashMap<SeatId, SeatStatus>,
+}
+
+/// The running actor's published snapshot, if it runs here (no message to the actor).
+async fn actor_view(supervisor: &Supervisor, category_id: i64) -> Option<ActorView> {
     if !supervisor.active_categories().contains(&category_id) {
         return None;
     }
@@ -215,21 +244,34 @@ async fn actor_view(
         .zip(&snapshot.statuses)
         .map(|(seat, status)| (seat.id, *status))
         .collect();
-    Some((snapshot.counts, statuses))
+    Some(ActorView {
+        counts: snapshot.counts,
+        seq: snapshot.seq,
+        in_flight: snapshot.in_flight,
+        statuses,
+    })
 }
 
 fn seat_diffs(
     pg_seats: &[PgSeat],
-    actor: Option<&HashMap<SeatId, SeatStatus>>,
-    mirrored: &Mirrored,
+    actor: Option<&ActorView>,
+    mirrored: Option<&Mirrored>,
 ) -> Vec<SeatDiff> {
     pg_seats
         .iter()
         .map(|s| SeatDiff {
             seat_id: s.seat_id,
-            actor: actor.map(|a| a.get(&s.seat_id).map_or("missing", |st| status_name(*st))),
+            actor: actor.map(|a| {
+                a.statuses
+                    .get(&s.seat_id)
+                    .map_or("missing", |st| status_name(*st))
+            }),
             postgres: s.status.clone(),
-            redis: mirrored.seats.get(&s.seat_id).cloned(),
+            // Without a mirror, the mirror agrees by definition.
+            redis: match mirrored {
+                Some(m) => m.seats.get(&s.seat_id).cloned(),
+                None => Some(s.status.clone()),
+            },
             expected: s.expected,
         })
         .collect()

@@ -298,28 +298,6 @@ pub async fn counts(redis: &RedisStore, ids: &[i64]) -> Result<HashMap<i64, Coun
         .collect())
 }
 
-/// Rewrites the category's mirror from `counts` and `seats` (the reconciler's repair, with
-/// Postgres's figures), in one pipeline.
-pub async fn rewrite(
-    redis: &RedisStore,
-    category_id: i64,
-    counts: Counts,
-    seats: &[(SeatId, SeatStatus)],
-) -> Result<(), StoreError> {
-    let pipeline = redis.client().pipeline();
-    let (counts_key, seats_key) = (
-        counts_key(redis, category_id),
-        seats_key(redis, category_id),
-    );
-    let queued = queue_reset(&pipeline, &counts_key, &seats_key, counts, seats).await;
-    queued.map_err(|e| StoreError::Redis(e.to_string()))?;
-    pipeline
-        .all::<Vec<Value>>()
-        .await
-        .map(|_| ())
-        .map_err(|e| StoreError::Redis(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,11 +26,13 @@ pub mod mirror;
 
 use crate::actors::Supervisor;
 use crate::config::ReconcileSettings;
+use crate::domain::inventory::Counts;
 use crate::payments::Payments;
 use crate::store::{PgPool, RedisStore, StoreError};
 use findings::{NewFinding, PassReport};
 use inventory::CategoryView;
 use serde_json::json;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, watch};
 
@@ -42,6 +44,9 @@ pub struct Reconciler {
     supervisor: Supervisor,
     payments: Payments,
     settings: ReconcileSettings,
+    /// The mirror's queue (None: no mirror is kept): repairs go through it, in order with the
+    /// actors' notes, so a rewrite is never overtaken by a change it already contains.
+    mirror: Option<mirror::MirrorSink>,
     /// One pass at a time per process: an on-demand pass during a continuous one would repair
     /// the same rows twice.
     running: std::sync::Arc<Mutex<()>>,
@@ -55,6 +60,7 @@ impl Reconciler {
         supervisor: Supervisor,
         payments: Payments,
         settings: ReconcileSettings,
+        mirror: Option<mirror::MirrorSink>,
     ) -> Self {
         Reconciler {
             pg,
@@ -62,6 +68,7 @@ impl Reconciler {
             supervisor,
             payments,
             settings,
+            mirror,
             running: Default::default(),
         }
     }
@@ -80,14 +87,12 @@ impl Reconciler {
     }
 
     async fn view(&self, category_id: i64, all_seats: bool) -> Result<CategoryView, StoreError> {
-        inventory::view(
-            &self.pg,
-            &self.redis,
-            &self.supervisor,
-            category_id,
-            all_seats,
-        )
-        .await
+        let stores = inventory::Stores {
+            pg: &self.pg,
+            redis: self.mirror.as_ref().map(|_| &self.redis),
+            supervisor: &self.supervisor,
+        };
+        inventory::view(&stores, category_id, all_seats).await
     }
 
     /// Passes every `interval_ms` until `stop`; none when the interval is 0.
@@ -130,11 +135,18 @@ impl Reconciler {
             categories.sort_unstable();
             categories.dedup();
         }
+        // One failing part (a category gone, Redis away) must not stop the others.
         for category_id in categories {
-            self.reconcile_category(category_id, &mut report).await?;
+            if let Err(e) = self.reconcile_category(category_id, &mut report).await {
+                tracing::warn!(category_id, error = %e, "category not reconciled this pass");
+            }
         }
-        self.reconcile_payments(&mut report).await?;
-        self.reconcile_messages(&mut report).await?;
+        if let Err(e) = self.reconcile_payments(&mut report).await {
+            tracing::warn!(error = %e, "payments not reconciled this pass");
+        }
+        if let Err(e) = self.reconcile_messages(&mut report).await {
+            tracing::warn!(error = %e, "order events not reconciled this pass");
+        }
         report.duration_ms = started.elapsed().as_secs_f64() * 1e3;
         metrics::histogram!("reconcile_pass_seconds").record(report.duration_ms / 1e3);
         findings::record_run(&self.pg, &report).await?;
@@ -161,10 +173,10 @@ impl Reconciler {
             return Ok(());
         }
         if self.restore_seat_rows(&confirmed, report).await? > 0 {
-            // Seats just restored now agree with Postgres in the stores that agreed with the
-            // order; look again so the actor and the mirror are judged against the repaired rows.
-            let again = self.view(category_id, false).await?;
-            confirmed = Confirmed::of(&confirmed.view, again);
+            // Judge the actor and the mirror against the repaired rows, again over two reads.
+            let first = self.view(category_id, false).await?;
+            tokio::time::sleep(Duration::from_millis(self.settings.confirm_ms)).await;
+            confirmed = Confirmed::of(&first, self.view(category_id, false).await?);
         }
         self.reload_disagreeing_actor(&confirmed, report).await?;
         self.rewrite_mirror(&confirmed, report).await
@@ -231,6 +243,7 @@ impl Reconciler {
             .iter()
             .filter(|d| d.actor.is_some_and(|a| a != d.postgres))
             .map(|d| json!({ "seat_id": d.seat_id, "actor": d.actor, "postgres": d.postgres }))
+            .take(MAX_LISTED_SEATS)
             .collect();
         if seats.is_empty() && !confirmed.actor_counts {
             return Ok(());
@@ -266,22 +279,24 @@ impl Reconciler {
             .iter()
             .filter(|d| d.redis.as_deref() != Some(d.postgres.as_str()))
             .map(|d| json!({ "seat_id": d.seat_id, "redis": d.redis, "postgres": d.postgres }))
+            .take(MAX_LISTED_SEATS)
             .collect();
         if seats.is_empty() && !confirmed.mirror_counts {
             return Ok(());
         }
-        let statuses: Vec<_> = view
+        let Some(sink) = &self.mirror else {
+            return Ok(());
+        };
+        let statuses = view
             .pg_seats
             .iter()
             .map(|s| (s.seat_id, seat_status(&s.status)))
             .collect();
-        mirror::rewrite(
-            &self.redis,
-            view.ticket_category_id,
-            view.postgres,
-            &statuses,
-        )
-        .await?;
+        sink.note(mirror::MirrorUpdate::Reset {
+            category_id: view.ticket_category_id,
+            counts: view.postgres,
+            seats: statuses,
+        });
         let finding = NewFinding {
             kind: "redis_mirror",
             subject: format!("category:{}", view.ticket_category_id),
@@ -300,25 +315,36 @@ impl Reconciler {
     /// whose order is neither paid nor refunded are raised.
     async fn reconcile_payments(&self, report: &mut PassReport) -> Result<(), StoreError> {
         let grace = self.settings.callback_grace_secs as f64;
-        let client = self.pg.get().await?;
-        let unpaid = client
+        // Oldest first and a bounded number per pass: each costs a call to the provider.
+        let unpaid = self
+            .pg
+            .get()
+            .await?
             .query(
-                "SELECT DISTINCT b.order_no, o.program_id FROM payment_bills b
+                "SELECT b.order_no, min(o.program_id) FROM payment_bills b
                  JOIN orders o ON o.gene = (b.order_no & 15)::smallint AND o.order_no = b.order_no
                  WHERE b.status = 'created' AND o.status = 'pending_payment'
-                   AND b.created_at < now() - make_interval(secs => $1)",
-                &[&grace],
+                   AND b.created_at < now() - make_interval(secs => $1)
+                 GROUP BY b.order_no ORDER BY min(b.created_at) LIMIT $2",
+                &[&grace, &PAY_CHECKS_PER_PASS],
             )
             .await?;
         report.orders += unpaid.len() as i32;
         for row in &unpaid {
             self.check_unpaid(row.get(0), row.get(1), report).await?;
         }
-        let stray = client
+        // A paid bill of a closed order with a refund on its way is the normal late-payment path
+        // (invariant 7), not a problem; only bills paid in the last day are looked at.
+        let stray = self
+            .pg
+            .get()
+            .await?
             .query(
                 "SELECT b.order_no, o.program_id, o.status, b.id::text FROM payment_bills b
                  JOIN orders o ON o.gene = (b.order_no & 15)::smallint AND o.order_no = b.order_no
-                 WHERE b.status = 'paid' AND o.status NOT IN ('paid', 'refunded')",
+                 WHERE b.status = 'paid' AND b.paid_at > now() - interval '1 day'
+                   AND o.status NOT IN ('paid', 'refunded')
+                   AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = b.id)",
                 &[],
             )
             .await?;
@@ -437,45 +463,41 @@ struct Confirmed {
 
 impl Confirmed {
     fn of(first: &CategoryView, mut second: CategoryView) -> Confirmed {
-        second
-            .differing_seats
-            .retain(|d| first.differing_seats.contains(d));
-        let wrong_row = |s: &inventory::PgSeat| {
+        let seen: HashSet<&inventory::SeatDiff> = first.differing_seats.iter().collect();
+        second.differing_seats.retain(|d| seen.contains(d));
+        let wrong_row = |s: &&inventory::PgSeat| {
             let order = s.claim_order.filter(|_| s.expected != "available");
             s.status != s.expected || s.order_no != order
         };
-        let first_wrong: Vec<_> = first.pg_seats.iter().filter(|s| wrong_row(s)).collect();
+        let first_wrong: HashSet<(i64, &str, Option<i64>)> = first
+            .pg_seats
+            .iter()
+            .filter(wrong_row)
+            .map(|s| (s.seat_id, s.status.as_str(), s.order_no))
+            .collect();
         let seat_rows = second
             .pg_seats
             .iter()
-            .filter(|s| wrong_row(s))
-            .filter(|s| {
-                first_wrong.iter().any(|f| {
-                    f.seat_id == s.seat_id && f.status == s.status && f.order_no == s.order_no
-                })
-            })
+            .filter(wrong_row)
+            .filter(|s| first_wrong.contains(&(s.seat_id, s.status.as_str(), s.order_no)))
             .map(|s| s.seat_id)
             .collect();
-        let gap = |c: Option<crate::domain::inventory::Counts>,
-                   pg: crate::domain::inventory::Counts| {
-            c.map(|c| {
-                [
-                    i64::from(c.available) - i64::from(pg.available),
-                    i64::from(c.held) - i64::from(pg.held),
-                    i64::from(c.sold) - i64::from(pg.sold),
-                ]
-            })
-        };
-        let same_gap = |a: Option<[i64; 3]>, b: Option<[i64; 3]>| a == b && a != Some([0; 3]);
-        let actor_counts = second.actor.is_some()
+        // Counts are judged only while the actor was quiet: nothing mid-change in either read
+        // and no change committed between them.
+        let quiet = first.actor_seq == second.actor_seq
+            && first.actor_in_flight == 0
+            && second.actor_in_flight == 0;
+        let actor_counts = quiet
+            && second.actor.is_some()
             && same_gap(
                 gap(first.actor, first.postgres),
                 gap(second.actor, second.postgres),
             );
-        let mirror_counts = same_gap(
-            gap(first.redis, first.postgres),
-            gap(second.redis, second.postgres),
-        );
+        let mirror_counts = quiet
+            && same_gap(
+                gap(first.redis, first.postgres),
+                gap(second.redis, second.postgres),
+            );
         Confirmed {
             view: second,
             seat_rows,
@@ -491,6 +513,30 @@ impl Confirmed {
             && !self.mirror_counts
     }
 }
+
+/// How far `counts` are from Postgres's (None: that store has none).
+fn gap(counts: Option<Counts>, pg: Counts) -> Option<[i64; 3]> {
+    counts.map(|c| {
+        [
+            i64::from(c.available) - i64::from(pg.available),
+            i64::from(c.held) - i64::from(pg.held),
+            i64::from(c.sold) - i64::from(pg.sold),
+        ]
+    })
+}
+
+/// The same non-zero gap in both reads ("no counts" in both reads counts as a gap: a mirror
+/// with no counts is missing).
+fn same_gap(a: Option<[i64; 3]>, b: Option<[i64; 3]>) -> bool {
+    a == b && a != Some([0; 3])
+}
+
+/// Seats listed in a finding's details (the first ones): a finding must stay small enough to
+/// show in an alert even when a whole category diverged.
+const MAX_LISTED_SEATS: usize = 100;
+
+/// Unpaid orders asked about at the provider per pass (one call each).
+const PAY_CHECKS_PER_PASS: i64 = 50;
 
 fn seat_status(status: &str) -> crate::domain::inventory::SeatStatus {
     use crate::domain::inventory::SeatStatus;

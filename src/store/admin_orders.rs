@@ -31,10 +31,10 @@
 //! reconcile status (looked up by its primary key; per-process notification consumers are not
 //! operators' business).
 //!
-//! `reconcile_status` (DOMAIN.md's vocabulary): the status of the newest reconciliation finding
-//! about the order if there is one; otherwise from its events' reconcile statuses — any
-//! `problem` → `reconciled_with_problem`; all `ok`/`handled` → `reconciled_ok` (or
-//! `problem_handled` if an operator handled one); anything still unchecked → `unreconciled`.
+//! `reconcile_status` (DOMAIN.md's vocabulary): the gravest of the order's reconciliation
+//! findings and of its events' reconcile statuses (any `problem` → `reconciled_with_problem`;
+//! anything still unchecked → `unreconciled`; an operator handled one → `problem_handled`;
+//! otherwise `reconciled_ok`).
 //!
 //! Orders have no index on `program_id` (dropped for the write path, V9): this list scans, which
 //! an operator's page can afford; an order-number or user filter names one partition.
@@ -389,11 +389,8 @@ fn event_steps(e: &EventTrace) -> Vec<Step> {
 
 /// The order's reconcile status (see the module doc).
 fn reconcile_status(finding: Option<String>, events: &[EventTrace]) -> String {
-    if let Some(status) = finding {
-        return status;
-    }
     let has = |s: &str| events.iter().any(|e| e.reconcile_status == s);
-    let status = if has("problem") {
+    let from_events = if has("problem") {
         "reconciled_with_problem"
     } else if events.is_empty() || has("unreconciled") {
         "unreconciled"
@@ -402,7 +399,22 @@ fn reconcile_status(finding: Option<String>, events: &[EventTrace]) -> String {
     } else {
         "reconciled_ok"
     };
-    status.to_string()
+    // The graver of the two: a settled finding must not hide an event still in trouble.
+    let worst = match finding.as_deref() {
+        Some(f) if severity(f) > severity(from_events) => f,
+        _ => from_events,
+    };
+    worst.to_string()
+}
+
+/// How much a reconcile status asks of an operator (higher: more).
+fn severity(status: &str) -> u8 {
+    match status {
+        "reconciled_with_problem" => 3,
+        "unreconciled" => 2,
+        "problem_handled" => 1,
+        _ => 0,
+    }
 }
 
 /// Groups rows by their first column (an order number).
@@ -520,15 +532,20 @@ fn bill_steps(r: &Row) -> Vec<Step> {
     steps
 }
 
-/// The status of each order's newest reconciliation finding.
+/// The gravest status among each order's reconciliation findings (an open problem outranks a
+/// later settled finding about something else).
 async fn findings_of(
     client: &deadpool_postgres::Client,
     nos: &[i64],
 ) -> Result<HashMap<i64, String>, StoreError> {
     let rows = client
         .query(
-            "SELECT DISTINCT ON (order_no) order_no, status FROM reconciliation_findings
-             WHERE order_no = ANY($1) ORDER BY order_no, id DESC",
+            "SELECT order_no, CASE
+                 WHEN bool_or(status = 'reconciled_with_problem') THEN 'reconciled_with_problem'
+                 WHEN bool_or(status = 'unreconciled') THEN 'unreconciled'
+                 WHEN bool_or(status = 'problem_handled') THEN 'problem_handled'
+                 ELSE 'reconciled_ok' END
+             FROM reconciliation_findings WHERE order_no = ANY($1) GROUP BY order_no",
             &[&nos],
         )
         .await?;

@@ -290,21 +290,42 @@ async fn a_paid_order_shows_its_steps_in_time_order_and_its_reconcile_status() {
         (json!("mq-bookkeeping"), json!("ok"))
     );
 
-    // A reconciliation finding about the order decides its status: the newest one.
+    // A reconciliation finding about the order counts, the gravest one: an open problem,
+    // handled by an operator, then a settled finding about something else.
     let order_no: i64 = no.parse().unwrap();
     let client = app.pg.get().await.unwrap();
-    for status in ["reconciled_with_problem", "problem_handled"] {
-        client
-            .execute(
-                "INSERT INTO reconciliation_findings (program_id, order_no, kind, subject, details, status)
-                 VALUES ($1, $2::bigint, 'order_vs_bill', $2::bigint::text, '{}', $3)",
-                &[&program, &order_no, &status],
-            )
-            .await
-            .unwrap();
-        let item = listed_order(&app, &admin, program, &no).await;
-        assert_eq!(item["reconcile_status"], status);
-    }
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO reconciliation_findings (program_id, order_no, kind, subject, details, status)
+             VALUES ($1, $2::bigint, 'payment_order', $2::bigint::text, '{}', 'reconciled_with_problem')
+             RETURNING id",
+            &[&program, &order_no],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let item = listed_order(&app, &admin, program, &no).await;
+    assert_eq!(item["reconcile_status"], "reconciled_with_problem");
+    client
+        .execute(
+            "UPDATE reconciliation_findings SET status = 'problem_handled' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO reconciliation_findings (program_id, order_no, kind, subject, details, status)
+             VALUES ($1, $2::bigint, 'payment_callback', $2::bigint::text, '{}', 'reconciled_ok')",
+            &[&program, &order_no],
+        )
+        .await
+        .unwrap();
+    let item = listed_order(&app, &admin, program, &no).await;
+    assert_eq!(
+        item["reconcile_status"], "problem_handled",
+        "a settled finding hides nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
