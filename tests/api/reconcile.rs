@@ -389,3 +389,59 @@ async fn an_on_demand_pass_reports_its_cost_and_buyers_are_refused_everywhere() 
         .await;
     assert_eq!(bad.status(), 422);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_sale_is_never_mistaken_for_a_divergence() {
+    let app = spawn_app_with(|s| {
+        fast_reconciler(s);
+        s.rate_limit.enabled = false;
+    })
+    .await;
+    let (_, admin) = signed_in_admin(&app).await;
+    let (program, _, floor) = on_sale(&app, 4, 4).await;
+    let crowd = buyers(&app, 6, 1).await;
+    // Six buyers order and cancel, over and over, for three seconds: about ten passes run
+    // while holds, releases and mirror notes are in flight.
+    let until = Instant::now() + Duration::from_secs(3);
+    let churn = crowd.iter().enumerate().map(|(i, b)| {
+        let app = &app;
+        async move {
+            let mut n = 0;
+            while Instant::now() < until {
+                let ga = json!({"program_id": program, "ticket_buyer_ids": b.buyers,
+                    "ticket_category_id": floor, "quantity": 1});
+                let r = order(app, &b.token, &format!("churn-{i}-{n}"), &ga).await;
+                assert_eq!(r.status(), 201);
+                let no = r.json::<Value>().await.unwrap()["order_no"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let cancelled = crate::payments::act(app, &b.token, &no, "cancel").await;
+                assert!(cancelled.status().is_success(), "{}", cancelled.status());
+                n += 1;
+            }
+            n
+        }
+    });
+    let rounds: Vec<i32> = futures::future::join_all(churn).await;
+    assert!(
+        rounds.iter().sum::<i32>() > 12,
+        "the sale was busy: {rounds:?}"
+    );
+    let passes: i64 = app
+        .pg
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM reconciliation_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(passes >= 3, "passes ran during the sale: {passes}");
+    let found = findings(&app, &admin).await;
+    assert!(
+        found.is_empty(),
+        "nothing diverged, nothing found: {found:?}"
+    );
+    consistent_inventory(&app, &admin, program).await;
+}
