@@ -195,7 +195,8 @@ pub struct CategoryFigures {
     pub sales_per_sec: Option<f64>,
     /// Holds released by their timer per second.
     pub expiries_per_sec: Option<f64>,
-    /// Hold latency: always `null` — nothing on the ordering path measures it per category yet.
+    /// Hold latency since the previous tick: a reservation's round trip to the actor, from the
+    /// order path (`null` when no hold was taken).
     pub hold_latency_ms: Option<Percentiles>,
 }
 
@@ -330,6 +331,8 @@ struct Ticker {
     findings: Option<HashSet<(i64, String)>>,
     /// Dead letters alerted, with when they were first seen; `None` before the first tick.
     dead_letters: Option<HashMap<i64, Instant>>,
+    /// Each category's hold-latency bucket counts at the previous tick.
+    holds_seen: HashMap<i64, [u64; LATENCY_BUCKETS]>,
 }
 
 /// A category's totals as last read.
@@ -421,6 +424,8 @@ impl Ticker {
             .flatten();
         self.categories
             .retain(|id, _| ids.binary_search(id).is_ok());
+        self.holds_seen
+            .retain(|id, _| ids.binary_search(id).is_ok());
         let postgres = postgres.unwrap_or_default();
         let redis = redis.unwrap_or_default();
         let categories = reads
@@ -432,7 +437,9 @@ impl Ticker {
                     .map(|r| self.rates(r, now))
                     .unwrap_or_default();
                 let depth = sources.supervisor.queue_depth(id);
-                let figures = category_figures(id, read, rates, depth, &postgres, &redis);
+                let holds = self.hold_latency(&sources.supervisor, id);
+                let mut figures = category_figures(id, read, rates, depth, &postgres, &redis);
+                figures.hold_latency_ms = holds;
                 record_category(&figures);
                 figures
             })
@@ -450,6 +457,21 @@ impl Ticker {
             pipeline,
             alerts: alerts.unwrap_or_default(),
         }
+    }
+
+    /// p50/p99 of the holds taken in `id` since the previous tick (None: none taken).
+    fn hold_latency(&mut self, supervisor: &Supervisor, id: i64) -> Option<Percentiles> {
+        let now = supervisor.hold_latency_counts(id)?;
+        let before = self
+            .holds_seen
+            .insert(id, now)
+            .unwrap_or([0; LATENCY_BUCKETS]);
+        let window: Vec<u64> = now
+            .iter()
+            .zip(before)
+            .map(|(n, b)| n.saturating_sub(b))
+            .collect();
+        percentiles(&window)
     }
 
     /// Rates from the totals read this tick, and the Prometheus counters' increments.

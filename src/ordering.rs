@@ -294,13 +294,17 @@ impl Ordering {
                 selection,
                 expires_at,
             };
+            let started = std::time::Instant::now();
             match self
                 .supervisor
                 .call(category, Reserve(hold))
                 .await
                 .and_then(|r| r)
             {
-                Ok(reserved) => taken.push((category, reserved)),
+                Ok(reserved) => {
+                    self.supervisor.record_hold(category, started.elapsed());
+                    taken.push((category, reserved));
+                }
                 Err(e) => {
                     self.settle(order_no, &taken, Outcome::NotCommitted).await;
                     return Err(e.into());

@@ -56,6 +56,8 @@ struct Inner {
     /// Set once at startup when the server keeps a Redis mirror; actors started afterwards
     /// report to it.
     mirror: std::sync::OnceLock<MirrorSink>,
+    /// How long holds took per category (reservation round trips), for the admin stream.
+    hold_latency: DashMap<i64, Arc<crate::monitor::LatencySummary>>,
 }
 
 #[derive(Default)]
@@ -129,6 +131,7 @@ impl Supervisor {
             reloads,
             started: Instant::now(),
             mirror: std::sync::OnceLock::new(),
+            hold_latency: DashMap::new(),
         });
         tokio::spawn(sweep_idle(Arc::downgrade(&inner)));
         tokio::spawn(keep_holds_live(Arc::downgrade(&inner), reload_requests));
@@ -308,6 +311,30 @@ impl Supervisor {
             let _ = live.addr.send(Unload).await;
         }
         self.inner.forget(category_id, &slot);
+    }
+
+    /// Counts one hold's round trip to `category_id`'s actor (request to reservation answer).
+    pub fn record_hold(&self, category_id: i64, took: std::time::Duration) {
+        let summary = self
+            .inner
+            .hold_latency
+            .entry(category_id)
+            .or_default()
+            .clone();
+        summary.record(took);
+        metrics::histogram!("hold_latency_seconds", "category" => category_id.to_string())
+            .record(took.as_secs_f64());
+    }
+
+    /// Holds' round trips to `category_id` so far, per latency bucket (None: no hold yet).
+    pub fn hold_latency_counts(
+        &self,
+        category_id: i64,
+    ) -> Option<[u64; crate::monitor::LATENCY_BUCKETS]> {
+        self.inner
+            .hold_latency
+            .get(&category_id)
+            .map(|s| s.counts())
     }
 
     /// Makes every actor started from now on report its committed changes to `sink` (the

@@ -110,12 +110,21 @@ async fn frames_count_the_orders_placed_alike_in_the_actor_postgres_and_the_mirr
 
     // The holds also show as a rate, in that frame or an earlier one.
     let hold_rate_seen = std::cell::Cell::new(false);
+    let hold_latency_seen = std::cell::Cell::new(false);
     let frame = frame_where(&mut ws, Duration::from_secs(10), |f| {
         let rate = category(f, front).and_then(|c| c["holds_per_sec"].as_f64());
         hold_rate_seen.set(hold_rate_seen.get() || rate.is_some_and(|r| r > 0.0));
+        let latency = category(f, front).map(|c| &c["hold_latency_ms"]);
+        let p50 = latency.and_then(|l| l["p50"].as_f64());
+        let p99 = latency.and_then(|l| l["p99"].as_f64());
+        let measured = p50
+            .zip(p99)
+            .is_some_and(|(p50, p99)| p50 > 0.0 && p50 <= p99);
+        hold_latency_seen.set(hold_latency_seen.get() || measured);
         held(f, front) == (Some(3), Some(3), Some(3))
             && held(f, floor) == (Some(2), Some(2), Some(2))
             && hold_rate_seen.get()
+            && hold_latency_seen.get()
     })
     .await;
     for (id, capacity, ordered) in [(front, 20, 3), (floor, 30, 2)] {
