@@ -16,6 +16,7 @@ pub mod payments;
 pub mod reconcile;
 pub mod ticket_buyers;
 pub mod ws;
+pub mod web;
 pub mod ws_admin;
 
 use crate::actors::Supervisor;
@@ -264,6 +265,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin_orders::router(&state))
         .merge(reconcile::router(&state))
         .merge(ws_admin::router(&state))
+        .merge(web::router())
         .merge(orders::router(&state))
         .merge(payments::router(&state))
         .merge(mockpay::router(&state))
