@@ -16,6 +16,10 @@ cat <<'TXT'
 
   boxoffice demo
   --------------
+  Open these two in a browser (sign in with the accounts below):
+  Buyer page   http://127.0.0.1:8000/
+  Operations   http://127.0.0.1:8000/admin
+
   API          http://127.0.0.1:8000/api/v1
   OpenAPI      http://127.0.0.1:8000/api-docs/openapi.json
   Readiness    http://127.0.0.1:8000/readyz

@@ -127,6 +127,19 @@ status() {
     done
 }
 
+ensure_browser() {
+    # The web pages' browser tests: Debian's chromium (never a downloaded browser), Node.js and
+    # playwright-core from npm, pinned by web/tests/package-lock.json.
+    apt_install chromium
+    command -v npm >/dev/null || apt_install nodejs npm
+    local lock="$ROOT/web/tests/package-lock.json" stamp="$ROOT/web/tests/node_modules/.installed"
+    if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
+        say "installing the browser tests' npm packages"
+        (cd "$ROOT/web/tests" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        touch "$stamp"
+    fi
+}
+
 case "${1:-up}" in
     up)
         mkdir -p "$DATA"
@@ -134,6 +147,7 @@ case "${1:-up}" in
         ensure_postgres
         ensure_redis
         ensure_pulsar
+        ensure_browser
         export PULSAR_LITE_BIN="$(pulsar_lite_bin)"
         say "services ready"
         ;;

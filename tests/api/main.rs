@@ -9,6 +9,7 @@ mod actors;
 mod admin_orders;
 mod admin_stream;
 mod bench;
+mod browser;
 mod catalog;
 mod crash;
 mod events;
