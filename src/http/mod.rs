@@ -15,8 +15,8 @@ pub mod orders;
 pub mod payments;
 pub mod reconcile;
 pub mod ticket_buyers;
-pub mod ws;
 pub mod web;
+pub mod ws;
 pub mod ws_admin;
 
 use crate::actors::Supervisor;

@@ -23,7 +23,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { asset("index.html") }))
         .route("/admin", get(|| async { asset("admin.html") }))
-        .route("/web/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }))
+        .route(
+            "/web/{*path}",
+            get(|Path(path): Path<String>| async move { asset(&path) }),
+        )
 }
 
 /// The file at `path` of `web/`, with its content type; 404 when there is none.

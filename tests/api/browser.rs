@@ -43,7 +43,13 @@ async fn two_buyers_and_an_operator_watch_one_sale_in_chromium() {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let a = account(&app, &format!("a-{suffix}@example.com"), &["buyer"], 2).await;
     let b = account(&app, &format!("b-{suffix}@example.com"), &["buyer"], 2).await;
-    let admin = account(&app, &format!("o-{suffix}@example.com"), &["buyer", "admin"], 0).await;
+    let admin = account(
+        &app,
+        &format!("o-{suffix}@example.com"),
+        &["buyer", "admin"],
+        0,
+    )
+    .await;
     let run = tokio::process::Command::new("node")
         .arg("web/tests/sale.mjs")
         .current_dir(root)
@@ -64,5 +70,8 @@ async fn two_buyers_and_an_operator_watch_one_sale_in_chromium() {
         String::from_utf8_lossy(&out.stderr),
     );
     println!("{stdout}");
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
 }
