@@ -198,6 +198,58 @@ pub struct ReconcileSettings {
     pub callback_grace_secs: u64,
 }
 
+/// The dev-only values shipped in `defaults.toml`: a server holding any of them in production
+/// would let anyone forge tokens or read ticket buyers' id numbers.
+const DEV_ONLY_SECRETS: [(&str, &str); 3] = [
+    (
+        "secrets.jwt_key",
+        "dev-only-jwt-key-change-me-0123456789abcdef",
+    ),
+    (
+        "secrets.payment_signing_key",
+        "dev-only-mockpay-signing-key",
+    ),
+    (
+        "secrets.id_number_key",
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    ),
+];
+
+/// Shortest JWT key accepted in production (HS256 wants at least its output size).
+const MIN_JWT_KEY_BYTES: usize = 32;
+
+impl Settings {
+    /// Everything that makes these settings unfit for production, one sentence each; empty in
+    /// development, where the demo's dev-only secrets and the mock provider are the point.
+    pub fn production_problems(&self) -> Vec<String> {
+        if self.server.environment != Environment::Production {
+            return Vec::new();
+        }
+        let s = &self.secrets;
+        let values = [&s.jwt_key, &s.payment_signing_key, &s.id_number_key];
+        let mut problems: Vec<String> = DEV_ONLY_SECRETS
+            .iter()
+            .zip(values)
+            .filter(|((_, dev), value)| value.expose_secret() == *dev)
+            .map(|((name, _), _)| {
+                format!("{name} still has its dev-only default; set a secret of your own")
+            })
+            .collect();
+        if s.jwt_key.expose_secret().len() < MIN_JWT_KEY_BYTES {
+            problems.push(format!(
+                "secrets.jwt_key is shorter than {MIN_JWT_KEY_BYTES} bytes"
+            ));
+        }
+        if self.payments.mockpay.enabled {
+            problems.push(
+                "payments.mockpay.enabled is on: the mock provider lets anyone pay for nothing"
+                    .into(),
+            );
+        }
+        problems
+    }
+}
+
 /// Ordering rules.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +412,21 @@ pub struct ServerSettings {
     /// peers). Set it to bound what ten thousand slow WebSocket readers can hold in the kernel.
     #[serde(default)]
     pub socket_send_buffer_bytes: usize,
+    /// `development` (the default; demo and tests) or `production`, in which the server refuses
+    /// to start with anything only fit for a developer's machine ([`Settings::production_problems`]).
+    #[serde(default)]
+    pub environment: Environment,
+}
+
+/// Where the server runs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// A developer's machine, the demo, tests: dev-only secrets and the mock provider allowed.
+    #[default]
+    Development,
+    /// Real buyers and real money.
+    Production,
 }
 
 /// PostgreSQL connection settings.

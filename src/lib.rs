@@ -58,6 +58,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let problems = settings.production_problems();
+    anyhow::ensure!(
+        problems.is_empty(),
+        "refusing to start in production:\n  - {}",
+        problems.join("\n  - ")
+    );
     let stores = Stores::connect(&settings).await?;
     let applied = store::postgres::migrate(&stores.pg).await?;
     tracing::info!(applied, "migrations up to date");

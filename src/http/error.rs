@@ -135,6 +135,20 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError::*;
         match e {
+            // The request's own data broke a rule of the database (class 22: a value it cannot
+            // take, class 23: a constraint): the client's doing, not an outage.
+            Db { ref sqlstate, .. } if sqlstate.code().starts_with("22") => {
+                tracing::warn!(error = %e, "request data refused by Postgres");
+                ApiError::validation("body", "a value is not acceptable")
+            }
+            Db { ref sqlstate, .. } if sqlstate.code().starts_with("23") => {
+                tracing::warn!(error = %e, "request conflicts with a constraint");
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "CONFLICT",
+                    "the request conflicts with existing data",
+                )
+            }
             Postgres(_) | Db { .. } | CommitUnknown(_) | Migration(_) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::unavailable("STORE_UNAVAILABLE", "a store is unavailable; retry shortly")
@@ -165,6 +179,50 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// Every error answer in the API's envelope: rejections the framework produces itself (405,
+/// 413, a path segment that does not parse, …) come as plain text; they are rewrapped here with
+/// a stable code and their text as the message.
+pub async fn envelope(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json || status == StatusCode::SWITCHING_PROTOCOLS {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Framework rejections are a sentence; anything longer is not one of them.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let mut wrapped =
+        ApiError::new(status, super::extractor::status_code_name(status), message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        wrapped.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    wrapped
+}
+
+/// A query string carrying a NUL character (`%00`) is refused before any handler sees it, with
+/// the parameter named: Postgres cannot store NUL, and bad input must never look like an outage.
+pub async fn refuse_nul_in_query(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let nul = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find(|pair| pair.to_ascii_lowercase().contains("%00"))
+            .map(|pair| pair.split('=').next().unwrap_or("query").to_string())
+    });
+    match nul {
+        Some(field) => {
+            ApiError::validation(&field, "must not contain NUL characters").into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
 /// Answers unknown routes in the API's error format instead of an empty 404.
 pub async fn fallback() -> ApiError {
     ApiError::not_found("route")
@@ -183,5 +241,36 @@ pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response 
 impl From<crate::domain::identity::Invalid> for ApiError {
     fn from(e: crate::domain::identity::Invalid) -> Self {
         ApiError::validation(e.field, e.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use tokio_postgres::error::SqlState;
+
+    fn db(sqlstate: SqlState) -> ApiError {
+        StoreError::Db {
+            sqlstate,
+            message: "refused".into(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn data_the_database_refuses_is_the_clients_error_not_an_outage() {
+        assert_eq!(
+            db(SqlState::CHARACTER_NOT_IN_REPERTOIRE).status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            db(SqlState::UNIQUE_VIOLATION).status(),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            db(SqlState::CONNECTION_FAILURE).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -254,7 +254,9 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CatchPanicLayer::custom(error::panic_response))
-        .layer(middleware::from_fn(record_metrics));
+        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(error::envelope))
+        .layer(middleware::from_fn(error::refuse_nul_in_query));
     Router::new()
         .merge(ops::router())
         .merge(accounts::router(&state))

@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extractor::{AuthUser, bearer, invalid_body};
+use super::extractor::{AuthUser, bearer, parse_json};
 use super::limits;
 use crate::actors::{ActorError, Transition};
 use crate::domain::inventory::{ChangeKind, InventoryError};
@@ -223,10 +223,7 @@ async fn place_spawned(
     body: &[u8],
     hash: Vec<u8>,
 ) -> Result<Vec<u8>, ApiError> {
-    let req: OrderRequest = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => invalid_body(e.to_string()),
-        _ => ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()),
-    })?;
+    let req: OrderRequest = parse_json(body)?;
     let (ordering, key) = (st.ordering.clone(), key.to_string());
     let placed = tokio::spawn(async move { ordering.place(user_id, &req, &key, hash).await })
         .await
