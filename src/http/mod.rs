@@ -238,6 +238,9 @@ pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
 
+/// Largest request body accepted: program creation with its tiers is the biggest, far below.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// All routes with all layers.
@@ -256,7 +259,12 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn(error::envelope))
-        .layer(middleware::from_fn(error::refuse_nul_in_query));
+        .layer(middleware::from_fn(error::refuse_nul_in_query))
+        // A body announced larger than any request needs is refused from its Content-Length,
+        // before a byte of it is read (axum's own 2 MB limit still bounds chunked bodies).
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ));
     Router::new()
         .merge(ops::router())
         .merge(accounts::router(&state))

@@ -27,6 +27,15 @@ const DESKTOP = { width: 1280, height: 900 };
 
 const step = (text) => console.log(`- ${text}`);
 
+/** A page whose errors and failed requests are printed, so a failure says why. */
+async function newPage(browser, name) {
+  const page = await (await browser.newContext({ viewport: DESKTOP })).newPage();
+  page.on("pageerror", (e) => console.log(`[${name}] page error: ${e.message}`));
+  page.on("console", (m) => m.type() === "error" && console.log(`[${name}] console: ${m.text()}`));
+  page.on("response", (r) => r.status() >= 400 && console.log(`[${name}] ${r.status()} ${r.url()}`));
+  return page;
+}
+
 async function signIn(page, path, who) {
   await page.goto(`${BASE}${path}#/login`);
   await page.fill("#login-email", who.email);
@@ -55,8 +64,8 @@ async function shoot(page, name, viewport) {
 }
 
 async function buyersSale(browser) {
-  const a = await (await browser.newContext({ viewport: DESKTOP })).newPage();
-  const b = await (await browser.newContext({ viewport: DESKTOP })).newPage();
+  const a = await newPage(browser, "A");
+  const b = await newPage(browser, "B");
   await signIn(a, "/", credentials("BUYER_A"));
   await signIn(b, "/", credentials("BUYER_B"));
   await a.locator('[data-testid="whoami"]').filter({ hasText: /\S/ }).waitFor();
@@ -120,7 +129,7 @@ async function payAndSeePaid(page, orderNo) {
 }
 
 async function console_(browser, orderNo) {
-  const page = await (await browser.newContext({ viewport: DESKTOP })).newPage();
+  const page = await newPage(browser, "operator");
   await signIn(page, "/admin", credentials("ADMIN"));
   await page.goto(`${BASE}/admin#/programs/${PROGRAM}`);
   const rows = page.locator('[data-testid="inventory-row"]');
@@ -145,7 +154,7 @@ async function console_(browser, orderNo) {
 }
 
 async function buyerRefused(browser) {
-  const page = await (await browser.newContext({ viewport: DESKTOP })).newPage();
+  const page = await newPage(browser, "refused");
   await signIn(page, "/admin", credentials("BUYER_B"));
   await page.goto(`${BASE}/admin#/`);
   await page.locator('[data-testid="forbidden"]').waitFor({ timeout: 5000 });
