@@ -166,3 +166,19 @@ async fn production_refuses_dev_secrets_short_keys_and_the_mock_provider() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_quantity_is_a_422_naming_quantity() {
+    let app = spawn_app().await;
+    let (program, _, floor) = crate::helpers::on_sale(&app, 4, 4).await;
+    let b = &crate::helpers::buyers(&app, 1, 1).await[0];
+    let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers,
+        "ticket_category_id": floor, "quantity": -2});
+    let r = crate::helpers::order(&app, &b.token, "negative", &body).await;
+    let (status, body) = envelope(r).await;
+    assert_eq!(
+        (status, body["error"]["details"]["field"].clone()),
+        (422, json!("quantity")),
+        "{body}"
+    );
+}
