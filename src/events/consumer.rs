@@ -236,9 +236,11 @@ impl EventConsumer {
                 wanted.push((message, event));
             }
         }
-        if wanted.len() == 1 {
-            let (message, event) = &wanted[0];
-            return self.handle(stream, message, event).await;
+        match wanted.as_slice() {
+            // Nothing this purpose wants (all acknowledged above): no transaction to open.
+            [] => return,
+            [(message, event)] => return self.handle(stream, message, event).await,
+            _ => {}
         }
         let events: Vec<&Event> = wanted.iter().map(|(_, event)| event).collect();
         let mut outage = Duration::from_millis(100);
