@@ -57,12 +57,18 @@ struct Inner {
     /// report to it.
     mirror: std::sync::OnceLock<MirrorSink>,
     /// How long holds took per category (reservation round trips), for the admin stream.
-    hold_latency: DashMap<i64, Arc<crate::monitor::LatencySummary>>,
+    hold_latency: DashMap<i64, Arc<HoldLatency>>,
 }
 
 #[derive(Default)]
 struct Slot {
     live: OnceCell<Arc<Live>>,
+}
+
+/// One category's hold latencies: the admin stream's summary and the Prometheus histogram.
+struct HoldLatency {
+    summary: crate::monitor::LatencySummary,
+    histogram: metrics::Histogram,
 }
 
 /// A running actor and what callers need without messaging it.
@@ -314,16 +320,21 @@ impl Supervisor {
     }
 
     /// Counts one hold's round trip to `category_id`'s actor (request to reservation answer).
+    /// On the order path: a read lock and two counters; the map entry and the labelled
+    /// Prometheus histogram are made once per category, not per hold.
     pub fn record_hold(&self, category_id: i64, took: std::time::Duration) {
-        let summary = self
-            .inner
-            .hold_latency
-            .entry(category_id)
-            .or_default()
-            .clone();
-        summary.record(took);
-        metrics::histogram!("hold_latency_seconds", "category" => category_id.to_string())
-            .record(took.as_secs_f64());
+        let known = self.inner.hold_latency.get(&category_id).map(|h| h.clone());
+        let latency = known.unwrap_or_else(|| {
+            let made = self.inner.hold_latency.entry(category_id).or_insert_with(|| {
+                Arc::new(HoldLatency {
+                    summary: Default::default(),
+                    histogram: metrics::histogram!("hold_latency_seconds", "category" => category_id.to_string()),
+                })
+            });
+            made.clone()
+        });
+        latency.summary.record(took);
+        latency.histogram.record(took.as_secs_f64());
     }
 
     /// Holds' round trips to `category_id` so far, per latency bucket (None: no hold yet).
@@ -334,7 +345,7 @@ impl Supervisor {
         self.inner
             .hold_latency
             .get(&category_id)
-            .map(|s| s.counts())
+            .map(|h| h.summary.counts())
     }
 
     /// Makes every actor started from now on report its committed changes to `sink` (the
