@@ -76,14 +76,6 @@ where
     }
 }
 
-/// (page, per_page) with the defaults and bounds of the admin lists (as `mq-messages`).
-fn paging(page: Option<u32>, per_page: Option<u32>) -> (u32, u32) {
-    (
-        page.unwrap_or(1).max(1),
-        per_page.unwrap_or(50).clamp(1, 200),
-    )
-}
-
 /// The filter, refusing a status no order can have (a typo would list nothing, silently).
 fn filter_of(q: &OrdersQuery) -> Result<OrderFilter, ApiError> {
     if let Some(s) = q.status.as_deref()
@@ -129,7 +121,7 @@ pub async fn list_orders(
 ) -> Result<Json<Listing<AdminOrder>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let filter = filter_of(&q)?;
-    let (page, per_page) = paging(q.page, q.per_page);
+    let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) =
         admin_orders::orders_page(&st.stores.pg, id, &filter, page, per_page).await?;
     Ok(Json(Listing {
@@ -153,7 +145,7 @@ pub async fn list_discarded(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Listing<DiscardedOrder>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
-    let (page, per_page) = paging(q.page, q.per_page);
+    let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) = admin_orders::discarded_page(&st.stores.pg, id, page, per_page).await?;
     Ok(Json(Listing {
         items,

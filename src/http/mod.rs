@@ -238,6 +238,14 @@ pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
 
+/// Page number and size of an operators' list: page 1 and 50 by default, at most 200 a page.
+pub(crate) fn paging(page: Option<u32>, per_page: Option<u32>) -> (u32, u32) {
+    (
+        page.unwrap_or(1).max(1),
+        per_page.unwrap_or(50).clamp(1, 200),
+    )
+}
+
 /// Largest request body accepted: program creation with its tiers is the biggest, far below.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 

@@ -48,10 +48,7 @@ pub async fn list(
     Path(id): Path<i64>,
     Query(q): Query<MqQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (page, per_page) = (
-        q.page.unwrap_or(1).max(1),
-        q.per_page.unwrap_or(50).clamp(1, 200),
-    );
+    let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) =
         outbox::page_for_program(&st.stores.pg, id, q.status.as_deref(), page, per_page).await?;
     Ok(Json(

@@ -90,10 +90,7 @@ pub async fn list(
             "unknown reconciliation status",
         ));
     }
-    let (page, per_page) = (
-        q.page.unwrap_or(1).max(1),
-        q.per_page.unwrap_or(50).clamp(1, 200),
-    );
+    let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) = findings::page(&st.stores.pg, q.status.as_deref(), page, per_page).await?;
     Ok(Json(
         json!({ "items": items, "total": total, "page": page, "per_page": per_page }),
