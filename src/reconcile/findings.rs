@@ -43,6 +43,16 @@ pub struct NewFinding {
     pub repair: Option<String>,
 }
 
+impl NewFinding {
+    /// The same finding, with the automatic repair that was applied.
+    pub fn repaired(self, repair: &str) -> Self {
+        NewFinding {
+            repair: Some(repair.to_string()),
+            ..self
+        }
+    }
+}
+
 /// A stored finding as operators see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {

@@ -254,16 +254,9 @@ impl Reconciler {
         if let Err(e) = self.supervisor.snapshot(view.ticket_category_id).await {
             tracing::warn!(category_id = view.ticket_category_id, error = %e, "actor did not restart; the next buyer starts it");
         }
-        let finding = NewFinding {
-            kind: "actor_seats",
-            subject: format!("category:{}", view.ticket_category_id),
-            program_id: Some(view.program_id),
-            ticket_category_id: Some(view.ticket_category_id),
-            details: json!({ "actor": view.actor, "postgres": view.postgres, "seats": seats }),
-            status: findings::PROBLEM,
-            repair: Some("actor reloaded from Postgres".into()),
-            ..Default::default()
-        };
+        let details = json!({ "actor": view.actor, "postgres": view.postgres, "seats": seats });
+        let finding = category_finding(view, "actor_seats", details, findings::PROBLEM)
+            .repaired("actor reloaded from Postgres");
         self.found(&finding, report).await
     }
 
@@ -297,16 +290,9 @@ impl Reconciler {
             counts: view.postgres,
             seats: statuses,
         });
-        let finding = NewFinding {
-            kind: "redis_mirror",
-            subject: format!("category:{}", view.ticket_category_id),
-            program_id: Some(view.program_id),
-            ticket_category_id: Some(view.ticket_category_id),
-            details: json!({ "redis": view.redis, "postgres": view.postgres, "seats": seats }),
-            status: findings::OK,
-            repair: Some("mirror rewritten from Postgres".into()),
-            ..Default::default()
-        };
+        let details = json!({ "redis": view.redis, "postgres": view.postgres, "seats": seats });
+        let finding = category_finding(view, "redis_mirror", details, findings::OK)
+            .repaired("mirror rewritten from Postgres");
         self.found(&finding, report).await
     }
 
@@ -511,6 +497,24 @@ impl Confirmed {
             && self.seat_rows.is_empty()
             && !self.actor_counts
             && !self.mirror_counts
+    }
+}
+
+/// A finding about a whole category.
+fn category_finding(
+    view: &CategoryView,
+    kind: &'static str,
+    details: serde_json::Value,
+    status: &'static str,
+) -> NewFinding {
+    NewFinding {
+        kind,
+        subject: format!("category:{}", view.ticket_category_id),
+        program_id: Some(view.program_id),
+        ticket_category_id: Some(view.ticket_category_id),
+        details,
+        status,
+        ..Default::default()
     }
 }
 
