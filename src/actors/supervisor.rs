@@ -46,6 +46,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: ActorSettings,
     arbiters: Vec<ArbiterHandle>,
+    /// The actix System started for these arbiters when there was none; stopped (with its
+    /// threads) when the last clone of the supervisor goes.
+    _own_system: Option<OwnSystem>,
     next_arbiter: AtomicUsize,
     slots: DashMap<i64, Arc<Slot>>,
     /// Which category each seat of an active category belongs to, so an order naming seats
@@ -126,10 +129,12 @@ impl Supervisor {
             settings.arbiters
         };
         let (reloads, reload_requests) = mpsc::unbounded_channel();
+        let (arbiters, own_system) = spawn_arbiters(threads);
         let inner = Arc::new(Inner {
             store,
             clock,
-            arbiters: require_arbiters(spawn_arbiters(threads)),
+            arbiters: require_arbiters(arbiters),
+            _own_system: own_system,
             settings,
             next_arbiter: AtomicUsize::new(0),
             slots: DashMap::new(),
@@ -565,24 +570,37 @@ fn num_cpus() -> usize {
         .unwrap_or(1)
 }
 
+/// An actix System this process started itself, stopped when dropped: its thread and its
+/// arbiters' threads end (a test's server must not leave them behind).
+struct OwnSystem(actix_rt::System);
+
+impl Drop for OwnSystem {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// Arbiters on the running actix System, or on a System of our own when there is none (tests,
 /// tools): actors then live on their own threads whatever runtime the caller uses.
-fn spawn_arbiters(n: usize) -> Vec<ArbiterHandle> {
+fn spawn_arbiters(n: usize) -> (Vec<ArbiterHandle>, Option<OwnSystem>) {
     if actix_rt::System::try_current().is_some() {
-        return (0..n).map(|_| Arbiter::new().handle()).collect();
+        return ((0..n).map(|_| Arbiter::new().handle()).collect(), None);
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    let started = std::thread::Builder::new()
         .name("actor-system".into())
         .spawn(move || {
             let system = actix_rt::System::new();
             system.block_on(async move {
-                let _ = tx.send((0..n).map(|_| Arbiter::new().handle()).collect::<Vec<_>>());
+                let arbiters = (0..n).map(|_| Arbiter::new().handle()).collect::<Vec<_>>();
+                let _ = tx.send((arbiters, actix_rt::System::current()));
             });
             let _ = system.run();
-        })
-        .map(|_| rx.recv().unwrap_or_default())
-        .unwrap_or_default()
+        });
+    match started.map(|_| rx.recv()) {
+        Ok(Ok((arbiters, system))) => (arbiters, Some(OwnSystem(system))),
+        _ => (Vec::new(), None),
+    }
 }
 
 /// At least one arbiter, or startup stops here: actors cannot live anywhere else.
@@ -592,4 +610,27 @@ fn require_arbiters(arbiters: Vec<ArbiterHandle>) -> Vec<ArbiterHandle> {
         "could not start any actix arbiter thread"
     );
     arbiters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every server a test starts outside an actix System gets a System of its own; dropping
+    /// the supervisor must end it and its arbiters' threads, or each test leaks them.
+    #[test]
+    fn an_own_system_ends_its_arbiters_when_dropped() {
+        let (arbiters, own) = spawn_arbiters(2);
+        assert!(own.is_some(), "no System was running, so one was started");
+        assert!(arbiters.iter().all(|a| a.spawn(async {})), "arbiters run");
+        drop(own);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while arbiters.iter().any(|a| a.spawn(async {})) {
+            assert!(
+                Instant::now() < deadline,
+                "arbiters still run 5 s after the drop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! Reproduce a simulation run with `SIM_SEED=<seed printed on failure> dev/test.sh -- actors`.
 
-use crate::helpers::{TestDb, actor_settings, create_program, hold_via, poll_until};
+use crate::helpers::{TestDb, actor_settings, create_program, hold_via, poll_until, within};
 use boxoffice::actors::{
     ActorError, CategorySnapshot, Crash, GetSnapshot, GetStats, Held, Hold, Outcome, Reserve,
     Selection, Settle, Supervisor, Transition,
@@ -663,7 +663,9 @@ async fn a_full_mailbox_refuses_new_work_but_never_a_settle() {
         "the stuck releases fill the budget"
     );
     let probe = hold(20_000, Selection::Best(1), Duration::minutes(1));
-    let refused = supervisor.call(rig.ga, Reserve(probe)).await;
+    let limit = std::time::Duration::from_secs(10);
+    // Waits only if the budget let the probe in, behind the stuck releases: that is the failure.
+    let refused = within(limit, "the probe", supervisor.call(rig.ga, Reserve(probe))).await;
     assert!(
         matches!(refused, Err(ActorError::Overloaded)),
         "{refused:?}"
@@ -676,10 +678,11 @@ async fn a_full_mailbox_refuses_new_work_but_never_a_settle() {
         outcome: Outcome::Committed,
         change: None,
     };
-    assert_eq!(supervisor.settle(rig.ga, settle).await, Ok(true));
+    let settled = within(limit, "the settle", supervisor.settle(rig.ga, settle)).await;
+    assert_eq!(settled, Ok(true));
     gate.send_replace(true);
     for w in waiting {
-        assert_eq!(w.await.unwrap(), Ok(true));
+        assert_eq!(within(limit, "a stuck release", w).await.unwrap(), Ok(true));
     }
     let stats = supervisor.call(rig.ga, GetStats).await.unwrap();
     assert_eq!(stats.counts.held, 2, "the acknowledged order stays held");

@@ -624,8 +624,15 @@ async fn payments_racing_expiry_end_paid_or_refunded_never_both() {
         let (_, pay_url) = start_payment(&app, &b.token, &no).await;
         let expires_at: chrono::DateTime<chrono::Utc> =
             placed["expires_at"].as_str().unwrap().parse().unwrap();
-        // Pay anywhere from 600 ms before the deadline to 400 ms after it.
-        let at = expires_at + chrono::Duration::milliseconds(rng.gen_range(-600..400));
+        // Pay anywhere from 600 ms before the deadline to 400 ms after it; the first order
+        // surely late and the last (placed just before the payers start) surely early, so that
+        // both outcomes occur whatever the seed.
+        let offset_ms = match i {
+            0 => 1_500,
+            last if last == racers.len() - 1 => -1_500,
+            _ => rng.gen_range(-600..400),
+        };
+        let at = expires_at + chrono::Duration::milliseconds(offset_ms);
         orders.push((b.token.clone(), no, pay_url, at));
     }
     let app_ref = &app;
@@ -663,6 +670,11 @@ async fn payments_racing_expiry_end_paid_or_refunded_never_both() {
     }
     println!(
         "{paid} of {} orders paid, the rest expired and refunded",
+        orders.len()
+    );
+    assert!(
+        paid > 0 && paid < orders.len() as i64,
+        "both outcomes must occur for the race to show anything: {paid} of {} paid (seed {seed})",
         orders.len()
     );
     let sold_in_pg = "SELECT count(*) FROM seats WHERE ticket_category_id = $1 AND status = 'sold'";
