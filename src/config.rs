@@ -54,6 +54,31 @@ pub struct Settings {
     pub ws: WsSettings,
     /// The Redis mirror and the reconciler.
     pub reconcile: ReconcileSettings,
+    /// The background probe behind fail-fast and `/readyz`.
+    pub health: HealthSettings,
+}
+
+/// How often and how patiently the stores are probed ([`crate::store::health::Probe`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Time between probe rounds: how long requests may still wait on a store that just went
+    /// down, and how soon one that came back is used again.
+    pub probe_interval_ms: u64,
+    /// Longest wait for one store's answer before it counts as down.
+    pub probe_timeout_ms: u64,
+}
+
+impl HealthSettings {
+    /// `probe_interval_ms` as a duration.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms.max(1))
+    }
+
+    /// `probe_timeout_ms` as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms.max(1))
+    }
 }
 
 /// Payment providers. The built-in `mockpay` stands in for a real third party: this process
@@ -261,6 +286,9 @@ pub struct OrderSettings {
     /// How long an `Idempotency-Key`'s answer is replayed; older keys start a fresh order and
     /// are purged in the background.
     pub idempotency_ttl_secs: u64,
+    /// How long a request's in-flight marker stays its own without a renewal (renewed three
+    /// times per lease while it runs): after a crash, a retry with the key waits at most this.
+    pub in_flight_lease_ms: u64,
 }
 
 /// Batch bounds of the group-commit writer.

@@ -19,7 +19,8 @@
 //!   Redis and orders ↔ seats ↔ payments, repairing where the fix is certain.
 //! - [`realtime`] — WebSockets: one seat-map feed per watched program (coalesced frames,
 //!   serialized once), buyers' channels, connection limits, keepalive and shutdown.
-//! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar.
+//! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar, and the
+//!   health probe whose flags make a store known down cost a request nothing but its 503.
 //! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
 //! - [`payments`] — the provider trait, our payment side, and the built-in `mockpay` provider.
 //! - [`bench`] — `boxoffice bench …`: side-by-side benchmarks with JSON summaries.
@@ -75,15 +76,37 @@ pub async fn serve(
     state.catalog.listen(subscriber).await?;
     let (stop_events, events_stop) = tokio::sync::watch::channel(false);
     start_events(&state, events_stop.clone())?;
+    tokio::spawn(health_probe(&state)?.run(events_stop.clone()));
+    let discarded = state.ordering.discarded.clone();
+    let health = state.stores.health.clone();
+    let flushed = tokio::spawn(discarded.run(state.stores.pg.clone(), health, events_stop.clone()));
     tokio::spawn(state.reconciler.clone().run_continuously(events_stop));
     tracing::info!(address = %listener.local_addr()?, "boxoffice listening");
     let pg = state.stores.pg.clone();
     http::serve(listener, state, shutdown).await?;
     let _ = stop_events.send(true);
+    // Discarded orders kept through an outage get their last chance before the pool closes.
+    let _ = flushed.await;
     // Background tasks may still hold the pool; closing it ends their sessions cleanly.
     pg.close();
     tracing::info!("boxoffice stopped");
     Ok(())
+}
+
+/// The prober of the stores' health flags (fail-fast and `/readyz`), on a Postgres session of
+/// its own so that a full pool never reads as Postgres down.
+fn health_probe(state: &http::AppState) -> anyhow::Result<store::health::Probe> {
+    let settings = &state.settings;
+    let mut pg_config = store::postgres::pg_config(&settings.database)?;
+    pg_config.application_name("boxoffice-probe");
+    Ok(store::health::Probe {
+        health: state.stores.health.clone(),
+        pg_config,
+        redis: state.stores.redis.clone(),
+        pulsar: state.stores.pulsar.clone(),
+        interval: settings.health.interval(),
+        timeout: settings.health.timeout(),
+    })
 }
 
 /// Starts the outbox relay and this process's event consumers (as configured); they stop when

@@ -9,6 +9,8 @@ use crate::domain::inventory::{InventoryError, SeatId};
 use crate::domain::order_no::OrderNoGenerator;
 use crate::store::catalog_cache::CatalogCache;
 use crate::store::catalog_read::ProgramDetail;
+use crate::store::discarded::{self, DiscardedBacklog};
+use crate::store::health::{Health, Store};
 use crate::store::orders::{self, IdempotentResult, NewTicket, PlaceOrder};
 use crate::store::writer::{GroupCommitWriter, Placed};
 use crate::store::{PgPool, StoreError};
@@ -87,6 +89,10 @@ pub struct Ordering {
     pub catalog: CatalogCache,
     /// Where discarded orders are recorded.
     pub pg: PgPool,
+    /// Discarded orders kept while Postgres is unreachable, recorded when it returns.
+    pub discarded: DiscardedBacklog,
+    /// Stores known down: an order is refused before it takes seats while Postgres is.
+    pub health: Health,
     /// Order numbers.
     pub ids: Arc<OrderNoGenerator>,
     /// Wall time.
@@ -110,6 +116,7 @@ impl Ordering {
         request_hash: Vec<u8>,
     ) -> Result<Vec<u8>, OrderError> {
         let n = validate_shape(req)?;
+        self.health.ensure_up(Store::Postgres)?;
         let program = self
             .catalog
             .detail(req.program_id)
@@ -199,10 +206,23 @@ impl Ordering {
             Err(e @ StoreError::Refused { .. }) => Err(e.into()),
             Err(e) => {
                 tracing::error!(order_no, error = %e, "order commit failed; seats released");
-                if let Err(e) = orders::record_discarded(&self.pg, &order, &e.to_string()).await {
-                    tracing::error!(order_no, error = %e, "discarded order not recorded");
-                }
+                self.record_discarded(order, e.to_string()).await;
                 Err(OrderError::NotDurable)
+            }
+        }
+    }
+
+    /// Records the attempt in `discarded_orders`, or keeps it for when Postgres answers again.
+    async fn record_discarded(&self, order: PlaceOrder, reason: String) {
+        let at = self.clock.now();
+        match orders::record_discarded_at(&self.pg, &order, &reason, Some(at)).await {
+            Ok(()) => {}
+            Err(e) if discarded::is_unreachable(&e) => {
+                tracing::warn!(order_no = order.order_no, error = %e, "discarded order kept until Postgres answers");
+                self.discarded.keep(order, reason, at);
+            }
+            Err(e) => {
+                tracing::error!(order_no = order.order_no, error = %e, "discarded order not recorded")
             }
         }
     }

@@ -115,6 +115,8 @@ impl AppState {
             writer: writer.clone(),
             catalog: catalog.clone(),
             pg: stores.pg.clone(),
+            discarded: Default::default(),
+            health: stores.health.clone(),
             ids: Arc::new(OrderNoGenerator::new(settings.orders.worker_id)),
             clock,
             payment_window: chrono::Duration::seconds(settings.orders.payment_window_secs as i64),

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::store::health::Store;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
@@ -40,45 +41,35 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// 200 only when PostgreSQL, Redis and Pulsar all answer; 503 naming those that did not.
+/// 200 only when PostgreSQL, Redis and Pulsar all answered the background probe's last round;
+/// 503 naming those that did not. Answers at once from the probe's flags
+/// ([`crate::store::health`]): a load balancer asking every second must not wait on a store
+/// that is down, nor add to the load of one that is struggling.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "All stores answer", body = Readiness),
               (status = 503, description = "At least one store is down; details name it")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
-    let stores = &state.stores;
-    let pg_timeout = state.settings.database.connect_timeout();
-    let (pg, redis, pulsar) = tokio::join!(
-        crate::store::postgres::ping(&stores.pg, pg_timeout),
-        stores.redis.ping(),
-        stores.pulsar.ping(),
-    );
-    let word = |ok: bool| if ok { "up" } else { "down" };
+    let health = &state.stores.health;
+    let word = |store: Store| if health.is_up(store) { "up" } else { "down" };
+    let stores = [Store::Postgres, Store::Redis, Store::Pulsar];
+    let down: Vec<&str> = stores
+        .into_iter()
+        .filter(|s| !health.is_up(*s))
+        .map(Store::name)
+        .collect();
     let report = Readiness {
-        status: if pg.is_ok() && redis.is_ok() && pulsar.is_ok() {
+        status: if down.is_empty() {
             "ready"
         } else {
             "not_ready"
         },
-        postgres: word(pg.is_ok()),
-        redis: word(redis.is_ok()),
-        pulsar: word(pulsar.is_ok()),
+        postgres: word(Store::Postgres),
+        redis: word(Store::Redis),
+        pulsar: word(Store::Pulsar),
     };
-    if report.status == "ready" {
+    if down.is_empty() {
         return Ok(Json(report));
     }
-    let down: Vec<&str> = [
-        ("postgres", &pg.err()),
-        ("redis", &redis.err()),
-        ("pulsar", &pulsar.err()),
-    ]
-    .into_iter()
-    .filter_map(|(name, err)| {
-        err.as_ref().map(|e| {
-            tracing::warn!(store = name, error = %e, "readiness check failed");
-            name
-        })
-    })
-    .collect();
     Err(ApiError::unavailable("NOT_READY", format!("down: {}", down.join(", "))).with_details(json!({
         "postgres": report.postgres, "redis": report.redis, "pulsar": report.pulsar, "down": down,
     })))

@@ -8,7 +8,7 @@ use super::limits;
 use crate::actors::{ActorError, Transition};
 use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::ordering::{OrderError, OrderRequest};
-use crate::store::idempotency::{Gate, OrderGate};
+use crate::store::idempotency::{Gate, MarkerLease, OrderGate, Owner};
 use crate::store::{StoreError, idempotency, orders, users::role};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -20,7 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// How long a request may hold its idempotency key in flight before another may try.
+/// Outer bound of a key's in-flight marker, however its leases went (a lapsed lease lets a retry
+/// in long before).
 const IN_FLIGHT_SECS: i64 = 60;
 
 /// Routes of this module, with the `account` rate limit (placing takes its tokens in the
@@ -135,20 +136,30 @@ pub async fn place(
     let claims = verified_claims(&st, &headers)?;
     let user_id = claims.sub;
     let hash = Sha256::digest(&body).to_vec();
+    let owner = Owner::unique();
     let gate = OrderGate {
         revoked_key: st.sessions.revoked_key(&claims.jti),
         user_id,
         key: &key,
         in_flight_secs: IN_FLIGHT_SECS,
+        owner: &owner,
+        lease_ms: st.settings.orders.in_flight_lease_ms,
         buckets: limits::account_buckets(&st, &ip, user_id),
     };
-    match idempotency::open_order_gate(&st.stores.redis, &gate).await? {
+    let redis = &st.stores.redis;
+    match idempotency::open_order_gate(redis, &gate).await? {
         Gate::Open => {}
         Gate::Answered => {
             if let Some(answer) = stored_answer(&st, user_id, &key, &hash).await? {
                 return Ok(answer);
             }
-            idempotency::mark_busy(&st.stores.redis, user_id, &key, IN_FLIGHT_SECS).await?;
+            idempotency::mark_busy(redis, user_id, &key, &owner, IN_FLIGHT_SECS).await?;
+        }
+        Gate::TakenOver => {
+            if let Some(answer) = stored_answer(&st, user_id, &key, &hash).await? {
+                finish(&st, user_id, &key, &owner, true).await;
+                return Ok(answer);
+            }
         }
         Gate::SignedOut => return Err(ApiError::unauthenticated("the token was signed out")),
         Gate::RateLimited(wait_ms) => return Ok(limits::too_many(wait_ms)),
@@ -160,13 +171,18 @@ pub async fn place(
             ));
         }
     }
-    let outcome = place_spawned(&st, user_id, &key, &body, hash).await;
+    let placed = place_spawned(&st, user_id, key, owner, body, hash).await?;
+    Ok(raw_json(201, placed))
+}
+
+/// Ends this request's hold on the key (see [`idempotency::finish`]); a marker left behind
+/// lapses with its lease.
+async fn finish(st: &AppState, user_id: i64, key: &str, owner: &Owner, answered: bool) {
     let ttl = st.settings.orders.idempotency_ttl_secs as i64;
-    let answered = outcome.is_ok();
-    if let Err(e) = idempotency::finish(&st.stores.redis, user_id, &key, answered, ttl).await {
-        tracing::warn!(error = %e, "idempotency marker not updated; it expires on its own");
+    let redis = &st.stores.redis;
+    if let Err(e) = idempotency::finish(redis, user_id, key, owner, answered, ttl).await {
+        tracing::warn!(error = %e, "idempotency marker not updated; its lease lapses on its own");
     }
-    Ok(raw_json(201, outcome?))
 }
 
 /// The `Idempotency-Key` header, 1–255 characters; 400 otherwise.
@@ -214,21 +230,31 @@ async fn stored_answer(
     Ok(Some(raw_json(status, stored)))
 }
 
-/// Parses the body and places the order on its own task: a client hanging up must not abandon
-/// reserved seats halfway.
+/// Parses the body and places the order on its own task, holding the key's lease meanwhile and
+/// finishing the key's marker afterwards: a client hanging up must abandon neither reserved
+/// seats halfway nor the key (a lease nobody renews would let a retry in while the order runs).
 async fn place_spawned(
     st: &AppState,
     user_id: i64,
-    key: &str,
-    body: &[u8],
+    key: String,
+    owner: Owner,
+    body: Bytes,
     hash: Vec<u8>,
 ) -> Result<Vec<u8>, ApiError> {
-    let req: OrderRequest = parse_json(body)?;
-    let (ordering, key) = (st.ordering.clone(), key.to_string());
-    let placed = tokio::spawn(async move { ordering.place(user_id, &req, &key, hash).await })
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(placed?)
+    let st = st.clone();
+    tokio::spawn(async move {
+        let lease_ms = st.settings.orders.in_flight_lease_ms;
+        let lease = MarkerLease::start(st.stores.redis.clone(), user_id, &key, &owner, lease_ms);
+        let placed = match parse_json::<OrderRequest>(&body) {
+            Ok(req) => (st.ordering.place(user_id, &req, &key, hash).await).map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        drop(lease);
+        finish(&st, user_id, &key, &owner, placed.is_ok()).await;
+        placed
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// The order if the caller may see it (owner or admin); 404 otherwise.

@@ -106,7 +106,7 @@ impl CatalogCache {
     pub async fn invalidate(&self, program_id: i64) -> Result<(), StoreError> {
         let inner = &self.inner;
         inner.drop_local(program_id).await;
-        let client = inner.redis.client();
+        let client = inner.redis.live()?;
         client
             .del::<(), _>(inner.redis_key(program_id))
             .await
@@ -162,31 +162,48 @@ impl Inner {
     }
 
     /// Second level, then Postgres (which refills the second level). A Redis failure falls
-    /// through to Postgres: the cache must never be why a read fails.
+    /// through to Postgres: the cache must never be why a read fails (it fails open).
     async fn detail_from_redis_or_pg(&self, id: i64) -> Result<Option<ProgramDetail>, StoreError> {
         let key = self.redis_key(id);
-        match self.redis.client().get::<Option<String>, _>(&key).await {
-            Ok(Some(json)) => match serde_json::from_str(&json) {
-                Ok(detail) => return Ok(Some(detail)),
-                Err(e) => tracing::warn!(error = %e, key, "unreadable cache entry; reloading"),
-            },
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "redis cache unavailable; reading Postgres"),
+        if let Some(detail) = self.detail_from_redis(&key).await {
+            return Ok(Some(detail));
         }
         let Some(detail) = catalog_read::program_detail(&self.pg, id).await? else {
             return Ok(None);
         };
-        if let Ok(json) = serde_json::to_string(&detail) {
-            let ttl = Expiration::EX(self.settings.redis_ttl_secs.max(1) as i64);
-            if let Err(e) = self
-                .redis
-                .client()
-                .set::<(), _, _>(&key, json, Some(ttl), None, false)
-                .await
-            {
-                tracing::warn!(error = %e, "redis cache not filled");
+        self.fill_redis(&key, &detail).await;
+        Ok(Some(detail))
+    }
+
+    /// The second level's copy, if Redis has one and is up (not asked while known down).
+    async fn detail_from_redis(&self, key: &str) -> Option<ProgramDetail> {
+        let client = self.redis.live().ok()?;
+        match client.get::<Option<String>, _>(key).await {
+            Ok(json) => match serde_json::from_str(&json?) {
+                Ok(detail) => Some(detail),
+                Err(e) => {
+                    tracing::warn!(error = %e, key, "unreadable cache entry; reloading");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "redis cache unavailable; reading Postgres");
+                None
             }
         }
-        Ok(Some(detail))
+    }
+
+    /// Stores `detail` in the second level; skipped while Redis is known down.
+    async fn fill_redis(&self, key: &str, detail: &ProgramDetail) {
+        let (Ok(client), Ok(json)) = (self.redis.live(), serde_json::to_string(detail)) else {
+            return;
+        };
+        let ttl = Expiration::EX(self.settings.redis_ttl_secs.max(1) as i64);
+        if let Err(e) = client
+            .set::<(), _, _>(key, json, Some(ttl), None, false)
+            .await
+        {
+            tracing::warn!(error = %e, "redis cache not filled");
+        }
     }
 }

@@ -11,6 +11,8 @@ pub mod bloom;
 pub mod catalog;
 pub mod catalog_cache;
 pub mod catalog_read;
+pub mod discarded;
+pub mod health;
 pub mod idempotency;
 pub mod inventory;
 pub mod mockpay_trades;
@@ -109,6 +111,8 @@ pub struct Stores {
     pub redis: RedisStore,
     /// Pulsar client with the configured topic prefix.
     pub pulsar: PulsarStore,
+    /// Which stores the background probe last found answering ([`health::Probe`]).
+    pub health: health::Health,
 }
 
 impl Stores {
@@ -137,13 +141,17 @@ impl Stores {
             writer.shards * writer.writers,
             settings.database.connect_timeout(),
         )?;
-        let redis = RedisStore::connect(&settings.redis).await?;
+        let health = health::Health::default();
+        let redis = RedisStore::connect(&settings.redis)
+            .await?
+            .with_health(health.clone());
         let pulsar = PulsarStore::connect(&settings.pulsar).await?;
         Ok(Stores {
             pg,
             writer_pg,
             redis,
             pulsar,
+            health,
         })
     }
 }

@@ -210,6 +210,17 @@ pub async fn record_discarded(
     o: &PlaceOrder,
     reason: &str,
 ) -> Result<(), StoreError> {
+    record_discarded_at(pool, o, reason, None).await
+}
+
+/// [`record_discarded`] with the time the attempt was discarded (now when `None`), for records
+/// written late: kept while Postgres was unreachable. Writing one twice keeps one row.
+pub async fn record_discarded_at(
+    pool: &PgPool,
+    o: &PlaceOrder,
+    reason: &str,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), StoreError> {
     let tickets: Vec<serde_json::Value> = o
         .tickets
         .iter()
@@ -218,8 +229,10 @@ pub async fn record_discarded(
     pool.get()
         .await?
         .execute(
-            "INSERT INTO discarded_orders (order_no, user_id, program_id, reason, tickets) VALUES ($1, $2, $3, $4, $5)",
-            &[&o.order_no, &o.user_id, &o.program_id, &reason, &json!(tickets)],
+            "INSERT INTO discarded_orders (order_no, user_id, program_id, reason, tickets, created_at)
+             VALUES ($1, $2, $3, $4, $5, COALESCE($6, now()))
+             ON CONFLICT (order_no) DO NOTHING",
+            &[&o.order_no, &o.user_id, &o.program_id, &reason, &json!(tickets), &at],
         )
         .await?;
     Ok(())

@@ -3,6 +3,7 @@
 //! Redis mirrors and counts; it never decides (invariant 8).
 
 use super::StoreError;
+use super::health::{Health, Store};
 use crate::config::RedisSettings;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -17,6 +18,8 @@ pub struct RedisStore {
     client: Client,
     prefix: String,
     timeout: Duration,
+    /// Whether the health probe last found Redis answering ([`RedisStore::live`]).
+    health: Health,
 }
 
 impl RedisStore {
@@ -32,6 +35,7 @@ impl RedisStore {
             client,
             prefix: settings.key_prefix.clone(),
             timeout,
+            health: Health::default(),
         };
         store.ping().await?;
         Ok(store)
@@ -42,12 +46,31 @@ impl RedisStore {
         format!("{}{}", self.prefix, name)
     }
 
-    /// The underlying client, for commands this wrapper does not cover.
+    /// The same client, reading Redis's state from `health` (the process's shared flags).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The underlying client, for background work that may wait out a reconnection.
     pub fn client(&self) -> &Client {
         &self.client
     }
 
-    /// Runs a Lua script (loading it again if Redis forgot it, e.g. after a restart).
+    /// The client for a request: an error at once, instead of a command queued for the
+    /// command timeout (3 s) behind a reconnection, when Redis is known down — by the health
+    /// probe, or by the client itself having lost its connection.
+    pub fn live(&self) -> Result<&Client, StoreError> {
+        self.health.ensure_up(Store::Redis)?;
+        if self.client.is_connected() {
+            Ok(&self.client)
+        } else {
+            Err(Store::Redis.down_error())
+        }
+    }
+
+    /// Runs a Lua script (loading it again if Redis forgot it, e.g. after a restart); fails at
+    /// once while Redis is known down.
     pub async fn script<R: FromValue>(
         &self,
         script: &Script,
@@ -55,7 +78,7 @@ impl RedisStore {
         args: Vec<Value>,
     ) -> Result<R, StoreError> {
         script
-            .evalsha_with_reload(&self.client, keys, args)
+            .evalsha_with_reload(self.live()?, keys, args)
             .await
             .map_err(redis_error)
     }

@@ -45,15 +45,16 @@ impl SessionGuard {
         SessionGuard { redis }
     }
 
-    fn client(&self) -> &Client {
-        self.redis.client()
+    /// Fails at once while Redis is known down: every use here is on a request's path.
+    fn client(&self) -> Result<&Client, StoreError> {
+        self.redis.live()
     }
 
     /// Revokes token `jti` until it would have expired anyway.
     pub async fn revoke(&self, jti: &str, ttl_secs: i64) -> Result<(), StoreError> {
         let key = self.redis.key(&format!("sessions:revoked:{jti}"));
         let ttl = Expiration::EX(ttl_secs.max(1));
-        self.client()
+        self.client()?
             .set::<(), _, _>(key, 1, Some(ttl), None, false)
             .await
             .map_err(redis_error)
@@ -68,7 +69,7 @@ impl SessionGuard {
     /// Whether token `jti` was revoked (checked on every authenticated request).
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         let key = self.revoked_key(jti);
-        let n: i64 = self.client().exists(key).await.map_err(redis_error)?;
+        let n: i64 = self.client()?.exists(key).await.map_err(redis_error)?;
         Ok(n > 0)
     }
 
@@ -78,7 +79,7 @@ impl SessionGuard {
         let mut revoked = Vec::new();
         for chunk in jtis.chunks(500) {
             let keys: Vec<String> = chunk.iter().map(|jti| self.revoked_key(jti)).collect();
-            let found: Vec<Option<i64>> = self.client().mget(keys).await.map_err(redis_error)?;
+            let found: Vec<Option<i64>> = self.client()?.mget(keys).await.map_err(redis_error)?;
             let hits = chunk.iter().zip(found).filter(|(_, v)| v.is_some());
             revoked.extend(hits.map(|(jti, _)| jti.clone()));
         }
@@ -92,11 +93,11 @@ impl SessionGuard {
         limit: u32,
     ) -> Result<Option<u64>, StoreError> {
         let key = self.failure_key(login);
-        let n: Option<i64> = self.client().get(&key).await.map_err(redis_error)?;
+        let n: Option<i64> = self.client()?.get(&key).await.map_err(redis_error)?;
         if n.unwrap_or(0) < limit as i64 {
             return Ok(None);
         }
-        let ttl: i64 = self.client().ttl(&key).await.map_err(redis_error)?;
+        let ttl: i64 = self.client()?.ttl(&key).await.map_err(redis_error)?;
         Ok(Some(ttl.max(1) as u64))
     }
 
@@ -110,7 +111,7 @@ impl SessionGuard {
 
     /// Forgets wrong passwords after a successful login.
     pub async fn clear_login_failures(&self, login: &str) -> Result<(), StoreError> {
-        self.client()
+        self.client()?
             .del::<(), _>(self.failure_key(login))
             .await
             .map_err(redis_error)
@@ -144,7 +145,7 @@ impl SessionGuard {
     ) -> Result<(), StoreError> {
         let key = self.redis.key(&format!("accounts:captcha:{id}"));
         let ttl = Expiration::EX(ttl_secs.max(1) as i64);
-        self.client()
+        self.client()?
             .set::<(), _, _>(key, answer, Some(ttl), None, false)
             .await
             .map_err(redis_error)
@@ -153,7 +154,7 @@ impl SessionGuard {
     /// True if `answer` solves challenge `id`; a challenge can be tried once.
     pub async fn solve_challenge(&self, id: &str, answer: &str) -> Result<bool, StoreError> {
         let key = self.redis.key(&format!("accounts:captcha:{id}"));
-        let stored: Option<String> = self.client().getdel(key).await.map_err(redis_error)?;
+        let stored: Option<String> = self.client()?.getdel(key).await.map_err(redis_error)?;
         Ok(stored.is_some_and(|s| s == answer.trim()))
     }
 }

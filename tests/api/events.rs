@@ -280,6 +280,7 @@ async fn with_the_broker_away_orders_still_commit_and_the_backlog_arrives_in_ord
     let app = spawn_app_with(|s| {
         s.pulsar.url = url;
         s.events.relay_backoff_max_ms = 500;
+        s.health.probe_interval_ms = 100;
     })
     .await;
     let tap = Tap::start(&app.settings).await;
@@ -296,7 +297,13 @@ async fn with_the_broker_away_orders_still_commit_and_the_backlog_arrives_in_ord
             .status(),
         200
     );
-    let ready = app.get("/readyz").await;
+    // Readiness is the health probe's view: it turns within a probe round or two.
+    let ready = poll_until(
+        Duration::from_secs(15),
+        async || app.get("/readyz").await,
+        |r| r.status() == 503,
+    )
+    .await;
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["error"]["details"]["pulsar"], "down", "{body}");

@@ -304,6 +304,29 @@ async fn wait_until_healthy(
     panic!("server at {address} did not become healthy");
 }
 
+/// Starts a server whose Redis connections all go through `proxy`, after `customize`.
+pub async fn spawn_app_behind_redis(
+    proxy: &TcpCut,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
+    spawn_app_with(|s| {
+        s.redis.url = SecretString::from(format!("redis://{}", proxy.addr));
+        customize(s);
+    })
+    .await
+}
+
+/// `host:port` of the test Redis server (from the default settings' `redis.url`).
+pub fn redis_addr() -> SocketAddr {
+    let url = test_settings("unused").redis.url;
+    let host_port = url.expose_secret().trim_start_matches("redis://");
+    let host_port = host_port.split('/').next().unwrap_or(host_port);
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .expect("redis.url names host:port")
+        .next()
+        .expect("redis.url resolves")
+}
+
 /// `host:port` of the test Postgres server.
 pub fn pg_addr() -> SocketAddr {
     let url = pg_server_url();
@@ -330,6 +353,7 @@ pub struct TcpCut {
     conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TcpCut {
@@ -341,6 +365,7 @@ impl TcpCut {
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let trap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut cut = TcpCut {
             addr,
             target,
@@ -348,6 +373,7 @@ impl TcpCut {
             conns,
             sent,
             trap,
+            stalled,
         };
         cut.task = cut.accept(listener);
         cut
@@ -356,13 +382,13 @@ impl TcpCut {
     /// Accepts on `listener` and forwards each connection until cut.
     fn accept(&self, listener: TcpListener) -> JoinHandle<()> {
         let (tracked, counter, armed) = (self.conns.clone(), self.sent.clone(), self.trap.clone());
-        let target = self.target;
+        let (target, stalled) = (self.target, self.stalled.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let (counter, armed) = (counter.clone(), armed.clone());
+                let (counter, armed, stalled) = (counter.clone(), armed.clone(), stalled.clone());
                 let conn = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
-                        pump(inbound, outbound, counter, armed).await;
+                        pump(inbound, outbound, counter, armed, stalled).await;
                     }
                 });
                 tracked.lock().unwrap().push(conn);
@@ -376,9 +402,31 @@ impl TcpCut {
         self.trap.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Holds what clients send (nothing reaches the service) until [`TcpCut::unstall`]: the
+    /// service hangs as seen from its clients, as on a network partition. Held bytes are then
+    /// delivered, even for a client that died meanwhile.
+    pub fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Delivers what was held and forwards again.
+    pub fn unstall(&self) {
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Bytes clients have sent to the service so far.
     pub fn bytes_sent(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Accepts and forwards again on the same address after [`TcpCut::cut`]: the service is back.
+    pub async fn restore(&mut self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the cut address");
+        self.task = self.accept(listener);
     }
 
     /// Stops accepting and severs every forwarded connection.
@@ -391,12 +439,14 @@ impl TcpCut {
 }
 
 /// Copies both ways until either side closes, counting client → service bytes; severs the
-/// connection right after forwarding a `COMMIT` if the trap is armed.
+/// connection right after forwarding a `COMMIT` if the trap is armed; holds client bytes while
+/// stalled.
 async fn pump(
     inbound: TcpStream,
     outbound: TcpStream,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     trap: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_rx, mut client_tx) = inbound.into_split();
@@ -404,6 +454,9 @@ async fn pump(
     let up = async move {
         let mut buf = vec![0u8; 16 * 1024];
         while let Ok(n) = client_rx.read(&mut buf).await {
+            while stalled.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             if n == 0 || service_tx.write_all(&buf[..n]).await.is_err() {
                 break;
             }
@@ -576,6 +629,14 @@ pub async fn mint_buyers(pg: &PgPool, settings: &Settings, n: usize, holders: us
         out.push(Buyer { token, buyers: ids });
     }
     out
+}
+
+/// `wait`'s output, or a failed test naming `what` once `limit` has passed: a wait that could
+/// hang (a call into a stuck actor, a message that never comes) must fail, not hang the suite.
+pub async fn within<T>(limit: Duration, what: &str, wait: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing after {limit:?}"))
 }
 
 /// Asks `probe` every 20 ms until `done` holds or `within` has passed, and returns the last

@@ -18,6 +18,7 @@ mod limits;
 mod ops;
 mod order_path;
 mod orders;
+mod outages;
 mod payments;
 mod reconcile;
 mod schema;
