@@ -13,7 +13,7 @@ use crate::store::discarded::{self, DiscardedBacklog};
 use crate::store::health::{Health, Store};
 use crate::store::orders::{self, IdempotentResult, NewTicket, PlaceOrder};
 use crate::store::writer::{GroupCommitWriter, Placed};
-use crate::store::{PgPool, StoreError};
+use crate::store::{PgPool, Refusal, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -200,10 +200,12 @@ impl Ordering {
             }
             Ok(Placed::Replayed(_)) => Err(OrderError::KeyReused),
             Err(StoreError::Refused {
-                code: "VALIDATION",
+                reason: Refusal::Validation { field },
                 message,
-            }) => Err(OrderError::Invalid("ticket_buyer_ids", message)),
+            }) => Err(OrderError::Invalid(field, message)),
             Err(e @ StoreError::Refused { .. }) => Err(e.into()),
+            // The writer recorded it as discarded when it set it aside.
+            Err(e @ StoreError::UnknownRefusal { .. }) => Err(e.into()),
             Err(e) => {
                 tracing::error!(order_no, error = %e, "order commit failed; seats released");
                 self.record_discarded(order, e.to_string()).await;
@@ -235,8 +237,10 @@ impl Ordering {
         match written {
             Ok(Placed::Written) => Outcome::Committed,
             Ok(Placed::Replayed(_)) => Outcome::NotCommitted,
-            Err(StoreError::Refused { code, .. }) if is_seat_refusal(code) => Outcome::Unknown,
-            Err(StoreError::CommitUnknown(_)) => Outcome::Unknown,
+            Err(StoreError::Refused { reason, .. }) if reason.is_about_seats() => Outcome::Unknown,
+            Err(StoreError::CommitUnknown(_) | StoreError::UnknownRefusal { .. }) => {
+                Outcome::Unknown
+            }
             Err(_) => Outcome::NotCommitted,
         }
     }
@@ -370,11 +374,6 @@ fn in_program(seat_id: i64, category: Option<i64>) -> Result<i64, OrderError> {
     category.ok_or_else(|| {
         OrderError::Invalid("seats", format!("seat {seat_id} is not in this program"))
     })
-}
-
-/// Refusals that mean Postgres holds tickets the actors believed free.
-fn is_seat_refusal(code: &str) -> bool {
-    matches!(code, "SEAT_UNAVAILABLE" | "SOLD_OUT")
 }
 
 /// Exactly one way of choosing, one ticket per ticket buyer, no buyer twice. Returns the count.

@@ -182,7 +182,7 @@ async fn seed_people(pool: &PgPool, settings: &Settings) -> Result<(i64, i64), S
     let key = settings
         .secrets
         .id_number_key_bytes()
-        .map_err(|e| StoreError::Postgres(e.to_string()))?;
+        .map_err(|e| StoreError::config("secrets.id_number_key", e))?;
     let cipher = IdNumberCipher::new(key);
     let holders = [
         ("张三", "110101199003071233"),

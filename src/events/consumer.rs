@@ -182,7 +182,7 @@ impl EventConsumer {
             })
             .build()
             .await
-            .map_err(|e| StoreError::Pulsar(e.to_string()))
+            .map_err(StoreError::from)
     }
 
     async fn consume(&self, stream: &mut EventStream, stop: &mut watch::Receiver<bool>) {
@@ -493,15 +493,12 @@ impl EventConsumer {
             .with_topic(self.pulsar.topic(DEAD_LETTER_TOPIC))
             .build()
             .await
-            .map_err(|e| StoreError::Pulsar(e.to_string()))?;
+            .map_err(StoreError::from)?;
         let body = serde_json::to_vec(payload).unwrap_or_default();
         let receipt = producer
             .send_non_blocking(body)
             .await
-            .map_err(|e| StoreError::Pulsar(e.to_string()))?;
-        receipt
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Pulsar(e.to_string()))
+            .map_err(StoreError::from)?;
+        receipt.await.map(|_| ()).map_err(StoreError::from)
     }
 }

@@ -157,11 +157,10 @@ impl Relay {
         metrics::counter!("outbox_published_total").increment(sent.len() as u64);
         match failed.is_empty() {
             true => Ok(sent.len()),
-            false => Err(StoreError::Pulsar(format!(
-                "{} of {} sends failed",
-                failed.len(),
-                events.len()
-            ))),
+            false => Err(StoreError::PulsarSends {
+                failed: failed.len(),
+                attempted: events.len(),
+            }),
         }
     }
 
@@ -172,7 +171,7 @@ impl Relay {
             .with_topic(self.pulsar.topic(ORDER_EVENTS))
             .build()
             .await
-            .map_err(|e| StoreError::Pulsar(e.to_string()))
+            .map_err(StoreError::from)
     }
 }
 

@@ -70,7 +70,7 @@ pub async fn tail(
         })
         .build()
         .await
-        .map_err(|e| StoreError::Pulsar(e.to_string()))?;
+        .map_err(StoreError::from)?;
     let _ = writeln!(out, "tailing {topic} (Ctrl-C stops)");
     let _ = out.flush();
     tokio::pin!(stop);

@@ -149,33 +149,53 @@ impl From<crate::store::StoreError> for ApiError {
                     "the request conflicts with existing data",
                 )
             }
-            Postgres(_) | Db { .. } | CommitUnknown(_) | Migration(_) => {
-                tracing::error!(error = %e, "store failure");
-                ApiError::unavailable("STORE_UNAVAILABLE", "a store is unavailable; retry shortly")
+            Postgres(_) | Pool(_) | Db { .. } | CommitUnknown(_) | Writer(_) | Migration(_) => {
+                store_unavailable(&e)
             }
+            Timeout {
+                store: crate::store::Store::Postgres,
+                ..
+            }
+            | KnownDown(crate::store::Store::Postgres) => store_unavailable(&e),
             NotFound(_) => ApiError::not_found("resource"),
             Conflict(_) => ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 "CONFLICT",
                 "the resource changed; retry",
             ),
-            Refused { code, message } => {
-                let status = match code {
-                    "SEAT_UNAVAILABLE" | "SOLD_OUT" | "BUYER_HAS_TICKET" | "IN_FLIGHT" => {
-                        StatusCode::CONFLICT
-                    }
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
-                };
-                ApiError::new(status, code, message)
-            }
-            Redis(_) | Pulsar(_) => {
+            Refused { reason, message } => refused(reason, message),
+            Redis(_) | Pulsar(_) | PulsarSends { .. } | Timeout { .. } | KnownDown(_) => {
                 tracing::warn!(error = %e, "dependency failure");
                 ApiError::unavailable(
                     "DEPENDENCY_UNAVAILABLE",
                     "a dependency is unavailable; retry shortly",
                 )
             }
+            // Faults of this server (a panicked task, a key that opens nothing, a constraint
+            // the writer does not know, a bad setting): opaque 500, full cause in the log.
+            Task(_) | Crypto { .. } | UnknownRefusal { .. } | Config { .. } => {
+                ApiError::internal(e)
+            }
         }
+    }
+}
+
+/// 503 `STORE_UNAVAILABLE`: PostgreSQL (or the writer in front of it) did not answer.
+fn store_unavailable(e: &crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "store failure");
+    ApiError::unavailable("STORE_UNAVAILABLE", "a store is unavailable; retry shortly")
+}
+
+/// A business rule's refusal: its code from the [`Refusal`](crate::store::Refusal), its
+/// status from what kind of rule it is (a conflict with others' state, or the request itself).
+fn refused(reason: crate::store::Refusal, message: String) -> ApiError {
+    use crate::store::Refusal::*;
+    match reason {
+        SeatUnavailable | SoldOut | BuyerHasTicket | InFlight => {
+            ApiError::new(StatusCode::CONFLICT, reason.code(), message)
+        }
+        LimitExceeded => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason.code(), message),
+        Validation { field } => ApiError::validation(field, message),
     }
 }
 
@@ -271,6 +291,78 @@ mod tests {
         assert_eq!(
             db(SqlState::CONNECTION_FAILURE).status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    fn body_code(e: ApiError) -> (StatusCode, &'static str) {
+        (e.status(), e.code)
+    }
+
+    #[test]
+    fn each_refusal_answers_its_own_code() {
+        use crate::store::Refusal::*;
+        let cases = [
+            (SeatUnavailable, StatusCode::CONFLICT, "SEAT_UNAVAILABLE"),
+            (SoldOut, StatusCode::CONFLICT, "SOLD_OUT"),
+            (BuyerHasTicket, StatusCode::CONFLICT, "BUYER_HAS_TICKET"),
+            (InFlight, StatusCode::CONFLICT, "IN_FLIGHT"),
+            (
+                LimitExceeded,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "LIMIT_EXCEEDED",
+            ),
+            (
+                Validation {
+                    field: "show_times",
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "VALIDATION",
+            ),
+        ];
+        for (reason, status, code) in cases {
+            let e: ApiError = StoreError::refused(reason, "refused").into();
+            assert_eq!(body_code(e), (status, code), "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_refusal_is_a_server_fault_not_a_seat_refusal() {
+        let cause = StoreError::Db {
+            sqlstate: SqlState::UNIQUE_VIOLATION,
+            message: "duplicate key value violates unique constraint \"new_thing\"".into(),
+        };
+        let e: ApiError = StoreError::UnknownRefusal {
+            constraint: "new_thing".into(),
+            source: std::sync::Arc::new(cause),
+        }
+        .into();
+        assert_eq!(
+            body_code(e),
+            (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
+        );
+    }
+
+    #[test]
+    fn a_silent_store_is_unavailable_with_its_kind_in_the_code() {
+        use crate::store::Store;
+        let after = std::time::Duration::from_secs(3);
+        let pg: ApiError = StoreError::Timeout {
+            store: Store::Postgres,
+            after,
+        }
+        .into();
+        assert_eq!(
+            body_code(pg),
+            (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE")
+        );
+        let redis: ApiError = StoreError::Timeout {
+            store: Store::Redis,
+            after,
+        }
+        .into();
+        assert_eq!(
+            body_code(redis),
+            (StatusCode::SERVICE_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
         );
     }
 }

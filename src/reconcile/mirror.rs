@@ -145,7 +145,7 @@ impl Pending {
             .all::<Vec<Value>>()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::Redis(e.to_string()))
+            .map_err(StoreError::from)
     }
 }
 
@@ -178,7 +178,7 @@ async fn queue_notes(
         }
         Ok::<(), fred::error::Error>(())
     };
-    queued.await.map_err(|e| StoreError::Redis(e.to_string()))
+    queued.await.map_err(StoreError::from)
 }
 
 async fn queue_reset(
@@ -258,7 +258,7 @@ pub async fn read(redis: &RedisStore, category_id: i64) -> Result<Mirrored, Stor
             .all::<(HashMap<String, i64>, HashMap<String, String>)>()
             .await
     };
-    let (counts, seats) = read.await.map_err(|e| StoreError::Redis(e.to_string()))?;
+    let (counts, seats) = read.await.map_err(StoreError::from)?;
     Ok(Mirrored {
         counts: parse_counts(&counts),
         seats: seats
@@ -290,7 +290,7 @@ pub async fn counts(redis: &RedisStore, ids: &[i64]) -> Result<HashMap<i64, Coun
         }
         pipeline.all::<Vec<HashMap<String, i64>>>().await
     };
-    let all = read.await.map_err(|e| StoreError::Redis(e.to_string()))?;
+    let all = read.await.map_err(StoreError::from)?;
     Ok(ids
         .iter()
         .zip(all)

@@ -10,8 +10,8 @@
 //! transaction rolled back and the batch run again without it. A constraint that still fires
 //! means a bug; the writer splits the batch to find the job (see `writer.rs`).
 
-use super::StoreError;
 use super::orders::PlaceOrder;
+use super::{Refusal, StoreError};
 use crate::domain::inventory::{Change, ChangeKind};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -603,17 +603,23 @@ fn missing<K: Eq + std::hash::Hash + Copy>(wanted: &[K], jobs: &[usize], got: &[
         .collect()
 }
 
-/// The refusal a single order gets when a constraint refused it alone, by constraint name.
-pub fn refusal_for_constraint(constraint: &str) -> (&'static str, &'static str) {
+/// The refusal a single order gets when a constraint refused it alone, by constraint name;
+/// `None` for a constraint an order is not expected to meet (the caller treats it as a bug,
+/// never as a seat refusal).
+pub fn refusal_for_constraint(constraint: &str) -> Option<(Refusal, &'static str)> {
     match constraint {
-        "seat_claims_pkey" | "ga_holds_pkey" => ("SEAT_UNAVAILABLE", "a seat was taken meanwhile"),
-        "buyer_claims_pkey" => (
-            "BUYER_HAS_TICKET",
+        "seat_claims_pkey" | "ga_holds_pkey" => {
+            Some((Refusal::SeatUnavailable, "a seat was taken meanwhile"))
+        }
+        "buyer_claims_pkey" => Some((
+            Refusal::BuyerHasTicket,
             "a ticket buyer already has a live ticket for this program",
-        ),
-        "idempotency_keys_pkey" => ("IN_FLIGHT", "this Idempotency-Key was used meanwhile"),
-        "ga_taken_within_capacity" => ("SOLD_OUT", "sold out meanwhile"),
-        _ => ("SEAT_UNAVAILABLE", "the order conflicts with another"),
+        )),
+        "idempotency_keys_pkey" => {
+            Some((Refusal::InFlight, "this Idempotency-Key was used meanwhile"))
+        }
+        "ga_taken_within_capacity" => Some((Refusal::SoldOut, "sold out meanwhile")),
+        _ => None,
     }
 }
 
@@ -657,19 +663,24 @@ impl BatchTally {
             .unwrap_or(0);
         let refusal = if self.keys.contains(&key) {
             Some((
-                "IN_FLIGHT",
+                Refusal::InFlight,
                 "this Idempotency-Key was used meanwhile".to_string(),
             ))
         } else if facts.owned_buyers != n {
-            Some(("VALIDATION", "not all are your ticket buyers".to_string()))
+            Some((
+                Refusal::Validation {
+                    field: "ticket_buyer_ids",
+                },
+                "not all are your ticket buyers".to_string(),
+            ))
         } else if facts.claimed_buyers > 0 || buyers.iter().any(|b| self.buyers.contains(b)) {
             Some((
-                "BUYER_HAS_TICKET",
+                Refusal::BuyerHasTicket,
                 "a ticket buyer already has a live ticket for this program".to_string(),
             ))
         } else if facts.live_tickets + held + n > i64::from(o.per_account_limit) {
             Some((
-                "LIMIT_EXCEEDED",
+                Refusal::LimitExceeded,
                 format!(
                     "at most {} tickets per account for this program; you hold {}",
                     o.per_account_limit,
@@ -679,12 +690,28 @@ impl BatchTally {
         } else {
             None
         };
-        if let Some((code, message)) = refusal {
-            return Verdict::Refuse(StoreError::Refused { code, message });
+        if let Some((reason, message)) = refusal {
+            return Verdict::Refuse(StoreError::refused(reason, message));
         }
         *self.tickets.entry((o.user_id, o.program_id)).or_default() += n;
         self.buyers.extend(buyers);
         self.keys.insert(key);
         Verdict::Write
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_constraints_become_refusals() {
+        let known = refusal_for_constraint("seat_claims_pkey").map(|(r, _)| r);
+        assert_eq!(known, Some(Refusal::SeatUnavailable));
+        let sold_out = refusal_for_constraint("ga_taken_within_capacity").map(|(r, _)| r);
+        assert_eq!(sold_out, Some(Refusal::SoldOut));
+        // A constraint added later without a refusal is a bug to surface, not a taken seat.
+        assert!(refusal_for_constraint("tickets_price_positive").is_none());
+        assert!(refusal_for_constraint("").is_none());
     }
 }

@@ -1,6 +1,6 @@
 //! Areas, program categories, programs, show times, ticket categories and their seats.
 
-use super::{PgPool, StoreError};
+use super::{PgPool, Refusal, StoreError};
 use chrono::{DateTime, Utc};
 
 /// How a ticket category is sold.
@@ -138,10 +138,12 @@ pub async fn create_program_in(
     program: &NewProgram,
 ) -> Result<Option<i64>, StoreError> {
     if program.show_times.is_empty() {
-        return Err(StoreError::Refused {
-            code: "VALIDATION",
-            message: "show_times: give at least one show time".into(),
-        });
+        return Err(StoreError::refused(
+            Refusal::Validation {
+                field: "show_times",
+            },
+            "give at least one show time",
+        ));
     }
     let inserted = tx
         .query_opt(

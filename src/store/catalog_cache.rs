@@ -78,7 +78,7 @@ impl CatalogCache {
             Ok(detail) => Ok(Some(detail)),
             Err(e) => match e.as_ref() {
                 StoreError::NotFound(_) => Ok(None),
-                other => Err(StoreError::Postgres(other.to_string())),
+                other => Err(other.clone()),
             },
         }
     }
@@ -99,7 +99,7 @@ impl CatalogCache {
                     .map(Arc::new)
             })
             .await
-            .map_err(|e| StoreError::Postgres(e.to_string()))
+            .map_err(|e| e.as_ref().clone())
     }
 
     /// Drops the program from every level on every node (call after the edit committed).

@@ -40,15 +40,10 @@ impl Store {
         self as usize
     }
 
-    /// The error a request gets while this store is known down: the same kind as a failed
-    /// command, so it maps to 503 `STORE_UNAVAILABLE` with `Retry-After`.
+    /// The error a request gets while this store is known down; it maps to 503 with
+    /// `Retry-After`, like a failed command of that store.
     pub fn down_error(self) -> StoreError {
-        let message = "known down (health probe); not asked".to_string();
-        match self {
-            Store::Postgres => StoreError::Postgres(message),
-            Store::Redis => StoreError::Redis(message),
-            Store::Pulsar => StoreError::Pulsar(message),
-        }
+        StoreError::KnownDown(self)
     }
 }
 
@@ -179,7 +174,7 @@ mod tests {
         assert!(health.is_up(Store::Postgres) && health.is_up(Store::Pulsar));
         assert!(matches!(
             health.ensure_up(Store::Redis),
-            Err(StoreError::Redis(_))
+            Err(StoreError::KnownDown(Store::Redis))
         ));
         assert!(health.set(Store::Redis, true));
         assert!(health.ensure_up(Store::Redis).is_ok());

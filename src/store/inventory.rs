@@ -51,10 +51,7 @@ impl InventoryStore for PgInventoryStore {
         let task = self
             .runtime
             .spawn(async move { load_category(&pool, category_id).await });
-        Box::pin(async move {
-            task.await
-                .map_err(|e| StoreError::Postgres(format!("load task: {e}")))?
-        })
+        Box::pin(async move { task.await? })
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<(), StoreError>> {
@@ -62,10 +59,7 @@ impl InventoryStore for PgInventoryStore {
         let task = self
             .runtime
             .spawn(async move { apply_change(&pool, &change).await });
-        Box::pin(async move {
-            task.await
-                .map_err(|e| StoreError::Postgres(format!("apply task: {e}")))?
-        })
+        Box::pin(async move { task.await? })
     }
 
     fn live_categories(&self) -> BoxFuture<'static, Result<Vec<i64>, StoreError>> {
@@ -73,10 +67,7 @@ impl InventoryStore for PgInventoryStore {
         let task = self
             .runtime
             .spawn(async move { categories_with_holds(&pool).await });
-        Box::pin(async move {
-            task.await
-                .map_err(|e| StoreError::Postgres(format!("live categories task: {e}")))?
-        })
+        Box::pin(async move { task.await? })
     }
 }
 

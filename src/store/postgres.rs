@@ -1,6 +1,6 @@
 //! PostgreSQL pool (deadpool-postgres over tokio-postgres) and schema migrations (refinery).
 
-use super::StoreError;
+use super::{Store, StoreError};
 use crate::config::DatabaseSettings;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::ExposeSecret;
@@ -36,7 +36,7 @@ pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, 
         .url
         .expose_secret()
         .parse()
-        .map_err(|e| StoreError::Postgres(format!("bad database.url: {e}")))?;
+        .map_err(|e| StoreError::config("database.url", e))?;
     pg_config.connect_timeout(settings.connect_timeout());
     pg_config.application_name("boxoffice");
     Ok(pg_config)
@@ -64,7 +64,7 @@ pub fn pool_from_config(
         .wait_timeout(Some(timeout))
         .create_timeout(Some(timeout))
         .build()
-        .map_err(|e| StoreError::Postgres(e.to_string()))
+        .map_err(|e| StoreError::config("database", e))
 }
 
 /// One `SELECT 1` within `timeout`.
@@ -76,7 +76,10 @@ pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), StoreError> {
     };
     tokio::time::timeout(timeout, check)
         .await
-        .map_err(|_| StoreError::Postgres(format!("no answer within {timeout:?}")))?
+        .map_err(|_| StoreError::Timeout {
+            store: Store::Postgres,
+            after: timeout,
+        })?
 }
 
 /// Applies pending migrations from `migrations/` (embedded at build time). Safe to run twice:
@@ -85,8 +88,7 @@ pub async fn migrate(pool: &PgPool) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
     let report = embedded::migrations::runner()
         .run_async(&mut **client)
-        .await
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        .await?;
     Ok(report.applied_migrations().len())
 }
 

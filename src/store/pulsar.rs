@@ -3,7 +3,7 @@
 //! Topic names are `persistent://{tenant/namespace}/{prefix}{name}`; the prefix keeps tests and
 //! deployments apart on one broker.
 
-use super::StoreError;
+use super::{Store, StoreError};
 use crate::config::PulsarSettings;
 use pulsar::{Pulsar, TokioExecutor};
 use std::sync::Arc;
@@ -38,15 +38,13 @@ impl PulsarStore {
                 ..Default::default()
             })
             .build();
-        let client = tokio::time::timeout(timeout, build)
-            .await
-            .map_err(|_| {
-                StoreError::Pulsar(format!(
-                    "no answer from {} within {timeout:?}",
-                    settings.url
-                ))
-            })?
-            .map_err(|e| StoreError::Pulsar(format!("{}: {e}", settings.url)))?;
+        let client =
+            tokio::time::timeout(timeout, build)
+                .await
+                .map_err(|_| StoreError::Timeout {
+                    store: Store::Pulsar,
+                    after: timeout,
+                })??;
         Ok(PulsarStore {
             client: Arc::new(client),
             namespace: settings.tenant_namespace.clone(),
@@ -70,8 +68,11 @@ impl PulsarStore {
         let lookup = self.client.lookup_topic(self.topic(ORDER_EVENTS));
         tokio::time::timeout(self.timeout, lookup)
             .await
-            .map_err(|_| StoreError::Pulsar(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| StoreError::Timeout {
+                store: Store::Pulsar,
+                after: self.timeout,
+            })?
             .map(|_| ())
-            .map_err(|e| StoreError::Pulsar(e.to_string()))
+            .map_err(StoreError::from)
     }
 }

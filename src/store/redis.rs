@@ -29,8 +29,10 @@ impl RedisStore {
         let timeout = settings.connect_timeout();
         tokio::time::timeout(timeout, client.init())
             .await
-            .map_err(|_| StoreError::Redis(format!("no answer within {timeout:?}")))?
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
+            .map_err(|_| StoreError::Timeout {
+                store: Store::Redis,
+                after: timeout,
+            })??;
         let store = RedisStore {
             client,
             prefix: settings.key_prefix.clone(),
@@ -86,7 +88,7 @@ impl RedisStore {
     /// A dedicated connection for SUBSCRIBE that re-subscribes by itself after reconnecting.
     pub async fn subscriber(settings: &RedisSettings) -> Result<SubscriberClient, StoreError> {
         let config = Config::from_url(settings.url.expose_secret())
-            .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
+            .map_err(|e| StoreError::config("redis.url", e))?;
         let client = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build_subscriber_client()
@@ -101,15 +103,18 @@ impl RedisStore {
         let ping = self.client.ping::<String>(None);
         tokio::time::timeout(self.timeout, ping)
             .await
-            .map_err(|_| StoreError::Redis(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| StoreError::Timeout {
+                store: Store::Redis,
+                after: self.timeout,
+            })?
             .map(|_| ())
-            .map_err(|e| StoreError::Redis(e.to_string()))
+            .map_err(redis_error)
     }
 }
 
 fn build_client(settings: &RedisSettings) -> Result<Client, StoreError> {
     let config = Config::from_url(settings.url.expose_secret())
-        .map_err(|e| StoreError::Redis(format!("bad redis.url: {e}")))?;
+        .map_err(|e| StoreError::config("redis.url", e))?;
     let timeout = settings.connect_timeout();
     Builder::from_config(config)
         .with_connection_config(|c| {
@@ -123,10 +128,10 @@ fn build_client(settings: &RedisSettings) -> Result<Client, StoreError> {
         // Keep reconnecting in the background forever; callers see errors meanwhile.
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()
-        .map_err(|e| StoreError::Redis(e.to_string()))
+        .map_err(redis_error)
 }
 
 /// Any fred error as a store error (callers map it to 503).
 pub fn redis_error(e: fred::error::Error) -> StoreError {
-    StoreError::Redis(e.to_string())
+    StoreError::Redis(e)
 }

@@ -110,8 +110,9 @@ pub async fn list(
                 id: r.get(0),
                 name: r.get(1),
                 id_type: r.get(2),
-                id_number: cipher.decrypt(&sealed).map_err(|e| {
-                    StoreError::Postgres(format!("ticket buyer {}: {e}", r.get::<_, i64>(0)))
+                id_number: cipher.decrypt(&sealed).map_err(|e| StoreError::Crypto {
+                    what: format!("id number of ticket buyer {}", r.get::<_, i64>(0)),
+                    source: std::sync::Arc::new(e),
                 })?,
                 created_at: r.get(4),
             })

@@ -38,8 +38,11 @@ pub async fn ensure_user(pool: &PgPool, user: EnsureUser<'_>) -> Result<i64, Sto
     let user_id: i64 = match existing {
         Some(row) => row.get(0),
         None => {
-            let password_hash = crate::crypto::hash_password(user.password)
-                .map_err(|e| StoreError::Postgres(format!("cannot hash password: {e}")))?;
+            let password_hash =
+                crate::crypto::hash_password(user.password).map_err(|e| StoreError::Crypto {
+                    what: "password hash".into(),
+                    source: std::sync::Arc::new(e),
+                })?;
             let row = tx
                 .query_one(
                     "INSERT INTO users (password_hash, display_name) VALUES ($1, $2) RETURNING id",

@@ -15,7 +15,7 @@ use super::batch::{self, BatchTally, JobWrite, OrderFacts, Verdict, WriteSet};
 use super::idempotency::Stored;
 use super::inventory::{InventoryStore, PgInventoryStore};
 use super::orders::{PlaceOrder, record_discarded};
-use super::{PgPool, StoreError};
+use super::{PgPool, Refusal, StoreError, WriterGone};
 use crate::domain::inventory::{CategorySpec, Change, LoadedOrder};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -116,10 +116,9 @@ impl Job {
     /// for a change the actor reloads on a conflict.
     fn mismatch(&self) -> StoreError {
         match &self.write {
-            Write::Order(_) => StoreError::Refused {
-                code: "SEAT_UNAVAILABLE",
-                message: "a seat was taken meanwhile".into(),
-            },
+            Write::Order(_) => {
+                StoreError::refused(Refusal::SeatUnavailable, "a seat was taken meanwhile")
+            }
             Write::Changes(changes) => StoreError::Conflict(format!(
                 "changes of order {} found their rows moved",
                 changes.first().map_or(0, |c| c.order_no)
@@ -181,10 +180,8 @@ impl GroupCommitWriter {
         self.shards[self.shard_of(order_no)]
             .send(Job { write, reply })
             .await
-            .map_err(|_| StoreError::Postgres("the writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Postgres("the writer dropped the job".into()))?
+            .map_err(|_| WriterGone::Stopped)?;
+        answer.await.map_err(|_| WriterGone::Dropped)?
     }
 
     /// Counters since start.
@@ -286,8 +283,7 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, stats: &WriterStats) {
 /// Sends every job its answer and counts them.
 fn reply(batch: Vec<Job>, answers: Vec<Option<JobResult>>, stats: &WriterStats) {
     for (job, answer) in batch.into_iter().zip(answers) {
-        let answer =
-            answer.unwrap_or_else(|| Err(StoreError::Postgres("the writer lost a job".into())));
+        let answer = answer.unwrap_or(Err(WriterGone::Lost.into()));
         let counter = match &answer {
             Ok(_) => &stats.jobs,
             Err(StoreError::Refused { .. } | StoreError::Conflict(_)) => &stats.refused,
@@ -310,10 +306,12 @@ async fn set_aside(pool: &PgPool, job: &Job, failure: &BatchFailure) -> StoreErr
     if let Err(e) = record_discarded(pool, order, &failure.error.to_string()).await {
         tracing::error!(order_no = order.order_no, error = %e, "discarded order not recorded");
     }
-    let (code, message) = batch::refusal_for_constraint(constraint);
-    StoreError::Refused {
-        code,
-        message: message.into(),
+    match batch::refusal_for_constraint(constraint) {
+        Some((reason, message)) => StoreError::refused(reason, message),
+        None => StoreError::UnknownRefusal {
+            constraint: constraint.to_string(),
+            source: Arc::new(failure.error.clone()),
+        },
     }
 }
 
@@ -418,7 +416,7 @@ async fn write_and_resolve(
     match commit_status(pool, xid).await {
         Some(true) => Ok(Attempt::Committed(results)),
         Some(false) => Err(failure),
-        None => Err(StoreError::CommitUnknown(failure.error.to_string()).into()),
+        None => Err(StoreError::CommitUnknown(Arc::new(failure.error)).into()),
     }
 }
 

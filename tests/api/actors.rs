@@ -14,7 +14,7 @@ use boxoffice::domain::inventory::{
 };
 use boxoffice::store::catalog::Layout;
 use boxoffice::store::inventory::{InventoryStore, PgInventoryStore};
-use boxoffice::store::{PgPool, StoreError};
+use boxoffice::store::{PgPool, Store, StoreError};
 use chrono::{Duration, Utc};
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
@@ -39,7 +39,12 @@ impl InventoryStore for FlakyStore {
     }
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<(), StoreError>> {
         if self.fail_next.swap(false, Ordering::SeqCst) {
-            return Box::pin(async { Err(StoreError::Postgres("injected commit failure".into())) });
+            // What a Postgres outage looks like to the actor: no answer in time.
+            let outage = StoreError::Timeout {
+                store: Store::Postgres,
+                after: std::time::Duration::from_secs(3),
+            };
+            return Box::pin(async { Err(outage) });
         }
         self.inner.apply(change)
     }

@@ -410,7 +410,7 @@ fn written(r: &Result<Placed, boxoffice::store::StoreError>) -> bool {
 
 fn refusal_code(r: &Result<Placed, boxoffice::store::StoreError>) -> Option<&'static str> {
     match r {
-        Err(boxoffice::store::StoreError::Refused { code, .. }) => Some(code),
+        Err(boxoffice::store::StoreError::Refused { reason, .. }) => Some(reason.code()),
         _ => None,
     }
 }
