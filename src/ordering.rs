@@ -11,11 +11,12 @@ use crate::store::catalog_cache::CatalogCache;
 use crate::store::catalog_read::ProgramDetail;
 use crate::store::discarded::{self, DiscardedBacklog};
 use crate::store::health::{Health, Store};
-use crate::store::orders::{self, IdempotentResult, NewTicket, PlaceOrder};
+use crate::store::orders::{
+    self, IdempotentResult, NewTicket, OrderHead, OrderPlaced, PlaceOrder, SeatRef, TicketView,
+};
 use crate::store::writer::{GroupCommitWriter, Placed};
 use crate::store::{PgPool, Refusal, StoreError};
 use serde::Deserialize;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -456,22 +457,30 @@ fn build_order(
             .flat_map(|(_, r)| &r.held.seats)
             .find(|s| s.id == id)
     };
-    let tickets_json: Vec<_> = units
+    let tickets = units
         .iter()
-        .map(|t| {
-            let seat = t
-                .seat_id
-                .and_then(seat_of)
-                .map(|s| json!({"id": s.id, "row": s.row, "col": s.col}));
-            json!({"ticket_buyer_id": t.ticket_buyer_id, "ticket_category_id": t.ticket_category_id,
-                   "seat": seat, "price_cents": t.price_cents})
+        .map(|t| TicketView {
+            ticket_buyer_id: t.ticket_buyer_id,
+            ticket_category_id: t.ticket_category_id,
+            seat: t.seat_id.and_then(seat_of).map(|s| SeatRef {
+                id: s.id,
+                row: s.row,
+                col: s.col,
+            }),
+            price_cents: t.price_cents,
         })
         .collect();
-    let body = json!({
-        "order_no": order_no.to_string(), "status": "pending_payment", "expires_at": expires_at,
-        "total_cents": total_cents, "program_id": program.id, "show_time_id": show_time_id,
-        "tickets": tickets_json,
-    });
+    let body = OrderPlaced {
+        head: OrderHead {
+            order_no: order_no.to_string(),
+            program_id: program.id,
+            show_time_id,
+            status: "pending_payment".into(),
+            total_cents,
+            expires_at,
+        },
+        tickets,
+    };
     PlaceOrder {
         order_no,
         user_id,

@@ -16,7 +16,7 @@ pub type OrderNo = i64;
 pub type SeatId = i64;
 
 /// A seat as buyers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SeatStatus {
     /// Free to take.
@@ -119,7 +119,7 @@ pub struct Delta {
 }
 
 /// available + held + sold = capacity, always.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, utoipa::ToSchema)]
 pub struct Counts {
     /// Free tickets.
     pub available: u32,

@@ -14,10 +14,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::Rng;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::sync::LazyLock;
 
 /// Routes of this module, with the `auth` and `account` rate limits.
@@ -54,14 +54,21 @@ pub struct CaptchaAnswer {
     answer: String,
 }
 
+/// 201 of `POST /api/v1/users`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Registered {
+    /// The new account.
+    user_id: i64,
+}
+
 /// Registers a buyer account.
 #[utoipa::path(post, path = "/api/v1/users", tag = "accounts", request_body = Register,
-    responses((status = 201, description = "`{user_id}`"), (status = 409, description = "Mobile or email taken"),
+    responses((status = 201, description = "The new account", body = Registered), (status = 409, description = "Mobile or email taken"),
         (status = 422, description = "A field is invalid"), (status = 428, description = "Captcha required (surge)")))]
 pub async fn register(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<Register>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
     let a = &st.settings.accounts;
     if st
         .sessions
@@ -118,7 +125,7 @@ pub async fn register(
     if let Err(e) = st.bloom.insert(&handles).await {
         tracing::warn!(error = %e, "bloom filter not updated; Postgres still refuses duplicates");
     }
-    Ok((StatusCode::CREATED, Json(json!({ "user_id": user_id }))))
+    Ok((StatusCode::CREATED, Json(Registered { user_id })))
 }
 
 fn taken(field: &str) -> ApiError {
@@ -172,12 +179,23 @@ async fn require_captcha(st: &AppState, captcha: Option<&CaptchaAnswer>) -> Resu
     Ok(())
 }
 
+/// 201 of `POST /api/v1/captcha`: send `challenge_id` and the answer with the registration.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Challenge {
+    /// Names the challenge in the answer.
+    challenge_id: String,
+    /// The question to show.
+    question: String,
+    /// After this the answer is refused.
+    expires_at: DateTime<Utc>,
+}
+
 /// `POST /api/v1/captcha`: a one-time arithmetic challenge, answerable for `captcha_ttl_secs`.
 #[utoipa::path(post, path = "/api/v1/captcha", tag = "accounts",
-    responses((status = 201, description = "`{challenge_id, question, expires_at}`")))]
+    responses((status = 201, description = "A challenge", body = Challenge)))]
 pub async fn new_challenge(
     State(st): State<AppState>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Challenge>), ApiError> {
     let (a, b) = {
         let mut rng = rand::thread_rng();
         (rng.gen_range(10..100), rng.gen_range(10..100))
@@ -189,11 +207,11 @@ pub async fn new_challenge(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "challenge_id": id,
-            "question": format!("What is {a} + {b}?"),
-            "expires_at": Utc::now() + chrono::Duration::seconds(ttl as i64),
-        })),
+        Json(Challenge {
+            challenge_id: id,
+            question: format!("What is {a} + {b}?"),
+            expires_at: Utc::now() + chrono::Duration::seconds(ttl as i64),
+        }),
     ))
 }
 
@@ -208,14 +226,25 @@ pub struct Login {
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| crypto::hash_password("not-a-real-password").unwrap_or_default());
 
+/// 201 of `POST /api/v1/sessions`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Session {
+    /// Send as `Authorization: Bearer …`.
+    token: String,
+    /// The signed-in account.
+    user_id: i64,
+    /// The token stops working then.
+    expires_at: DateTime<Utc>,
+}
+
 /// Signs in with mobile or email.
 #[utoipa::path(post, path = "/api/v1/sessions", tag = "accounts", request_body = Login,
-    responses((status = 201, description = "`{token, user_id, expires_at}`"), (status = 401, description = "Wrong login or password"),
+    responses((status = 201, description = "A session token", body = Session), (status = 401, description = "Wrong login or password"),
         (status = 429, description = "Too many wrong passwords")))]
 pub async fn login(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<Login>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Session>), ApiError> {
     let is_email = body.login.contains('@');
     let login = if is_email {
         identity::normalize_email(&body.login)
@@ -251,9 +280,11 @@ pub async fn login(
         .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "token": token, "user_id": record.user_id, "expires_at": claims.expires_at() }),
-        ),
+        Json(Session {
+            token,
+            user_id: record.user_id,
+            expires_at: claims.expires_at(),
+        }),
     ))
 }
 
@@ -266,18 +297,33 @@ pub async fn logout(State(st): State<AppState>, user: AuthUser) -> Result<Status
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The caller's profile; mobile and email masked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    /// The account.
+    user_id: i64,
+    /// Masked mobile, if registered with one.
+    mobile_masked: Option<String>,
+    /// Masked email, if registered with one.
+    email_masked: Option<String>,
+    /// Shown name.
+    display_name: String,
+    /// Role names (`buyer`, `admin`).
+    roles: Vec<String>,
+}
+
 /// `GET /api/v1/me`.
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
-    responses((status = 200, description = "`{user_id, mobile_masked, email_masked, display_name, roles}`")))]
-pub async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "The caller's profile", body = Me)))]
+pub async fn me(State(st): State<AppState>, user: AuthUser) -> Result<Json<Me>, ApiError> {
     let p = users::profile(&st.stores.pg, user.id())
         .await?
         .ok_or_else(|| ApiError::unauthenticated("the account no longer exists"))?;
-    Ok(Json(json!({
-        "user_id": p.user_id,
-        "mobile_masked": p.mobile.as_deref().map(mask_mobile),
-        "email_masked": p.email.as_deref().map(mask_email),
-        "display_name": p.display_name,
-        "roles": p.roles,
-    })))
+    Ok(Json(Me {
+        user_id: p.user_id,
+        mobile_masked: p.mobile.as_deref().map(mask_mobile),
+        email_masked: p.email.as_deref().map(mask_email),
+        display_name: p.display_name,
+        roles: p.roles,
+    }))
 }

@@ -190,7 +190,7 @@ pub async fn create(
     State(st): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiJson(body): ApiJson<CreateProgram>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ProgramDetail>), ApiError> {
     let categories = validate(&body)?;
     let pg = &st.stores.pg;
     let parent = match &body.parent_category {
@@ -234,15 +234,17 @@ async fn commit_audited(
     action: &str,
     id: i64,
     change: Value,
-) -> Result<Value, ApiError> {
+) -> Result<ProgramDetail, ApiError> {
     audit::record(&tx, admin_id, action, &format!("program:{id}"), &change).await?;
     // Durable backstop of the Redis broadcast below: every node's catalog consumer drops its
     // copy when this event arrives, also a node that missed the fire-and-forget broadcast.
     crate::store::outbox::emit_catalog_changed(&tx, id, action).await?;
     tx.commit().await.map_err(StoreError::from)?;
     st.catalog.invalidate(id).await?;
-    let detail = catalog_read::program_detail(&st.stores.pg, id).await?;
-    Ok(json!(detail))
+    // Only a concurrent delete could take it away between the commit and this read.
+    catalog_read::program_detail(&st.stores.pg, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("program"))
 }
 
 /// Edits a program; every node drops its cached copy.
@@ -255,7 +257,7 @@ pub async fn edit(
     AdminUser(admin): AdminUser,
     Path(id): Path<i64>,
     ApiJson(patch): ApiJson<ProgramPatch>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProgramDetail>, ApiError> {
     if patch.title.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return Err(ApiError::validation("title", "must not be empty"));
     }

@@ -9,16 +9,16 @@
 //!
 //! Empty query values (`?status=&user_id=`, as a form sends them) mean "no filter".
 
-use super::AppState;
 use super::error::ApiError;
 use super::extractor::AdminUser;
 use super::limits;
+use super::{AppState, Listing};
 use crate::store::admin_orders::{self, AdminOrder, DiscardedOrder, ORDER_STATUSES, OrderFilter};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use std::str::FromStr;
 
 /// Routes of this module, with the `admin` rate limit.
@@ -94,23 +94,10 @@ fn filter_of(q: &OrdersQuery) -> Result<OrderFilter, ApiError> {
     })
 }
 
-/// The `{items, total, page, per_page}` envelope of every admin list.
-#[derive(Debug, Serialize)]
-pub struct Listing<T> {
-    /// This page's items.
-    items: Vec<T>,
-    /// How many match, on all pages.
-    total: i64,
-    /// This page's number, from 1.
-    page: u32,
-    /// The page size used.
-    per_page: u32,
-}
-
 /// `GET /api/v1/admin/programs/{id}/orders`: the program's orders, newest first.
 #[utoipa::path(get, path = "/api/v1/admin/programs/{id}/orders", tag = "admin", operation_id = "list_program_orders",
     params(("id" = i64, Path, description = "Program id"), OrdersQuery),
-    responses((status = 200, description = "`{items, total, page, per_page}`; items carry `tickets`, `steps` and `reconcile_status`"),
+    responses((status = 200, description = "Items carry `tickets`, `steps` and `reconcile_status`", body = Listing<AdminOrder>),
         (status = 401, description = "No or bad token"), (status = 403, description = "Not an admin"),
         (status = 422, description = "A filter that cannot match")))]
 pub async fn list_orders(
@@ -136,7 +123,7 @@ pub async fn list_orders(
 /// be completed, newest first, and whether their seats were released.
 #[utoipa::path(get, path = "/api/v1/admin/programs/{id}/discarded-orders", tag = "admin", operation_id = "list_discarded_orders",
     params(("id" = i64, Path, description = "Program id"), PageQuery),
-    responses((status = 200, description = "`{items, total, page, per_page}`; items `{id, order_no, user_id, reason, tickets, created_at, seats_free}`"),
+    responses((status = 200, description = "The program's discarded orders", body = Listing<DiscardedOrder>),
         (status = 401, description = "No or bad token"), (status = 403, description = "Not an admin")))]
 pub async fn list_discarded(
     State(st): State<AppState>,

@@ -6,12 +6,13 @@ use super::AppState;
 use super::error::ApiError;
 use super::limits;
 use crate::actors::CategorySnapshot;
-use crate::store::catalog_read::{CategoryInfo, ProgramDetail, ProgramQuery};
+use crate::domain::inventory::SeatStatus;
+use crate::store::catalog_read::{CategoryInfo, ProgramDetail, ProgramPage, ProgramQuery};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::sync::Arc;
 
 /// Routes of this module, with the `catalog` rate limit.
@@ -28,14 +29,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
 
 /// Programs matching the filters, a page at a time.
 #[utoipa::path(get, path = "/api/v1/programs", tag = "catalog", operation_id = "list_programs", params(ProgramQuery),
-    responses((status = 200, description = "`{items, total, page, per_page}`")))]
+    responses((status = 200, description = "A page of programs", body = ProgramPage)))]
 pub async fn list(
     State(st): State<AppState>,
     query: Result<Query<ProgramQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProgramPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let page = st.catalog.list(&query).await?;
-    Ok(Json(json!(page.as_ref())))
+    Ok(Json(page.as_ref().clone()))
 }
 
 /// The cached detail of program `id`, or 404.
@@ -58,14 +59,6 @@ async fn live(st: &AppState, category_id: i64) -> Option<Arc<CategorySnapshot>> 
     }
 }
 
-fn category_json(c: &CategoryInfo, snapshot: Option<&CategorySnapshot>) -> Value {
-    let mut v = json!(c);
-    if let Some(s) = snapshot {
-        v["remaining"] = json!(s.counts.available);
-    }
-    v
-}
-
 /// One program with its show times, the tiers of every show time (live `remaining`) and limits.
 #[utoipa::path(get, path = "/api/v1/programs/{id}", tag = "catalog",
     params(("id" = i64, Path, description = "Program id")),
@@ -74,15 +67,14 @@ fn category_json(c: &CategoryInfo, snapshot: Option<&CategorySnapshot>) -> Value
 pub async fn detail(
     State(st): State<AppState>,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    let d = cached_detail(&st, id).await?;
-    let mut categories = Vec::with_capacity(d.ticket_categories.len());
-    for c in &d.ticket_categories {
-        categories.push(category_json(c, live(&st, c.id).await.as_deref()));
+) -> Result<Json<ProgramDetail>, ApiError> {
+    let mut detail = cached_detail(&st, id).await?.as_ref().clone();
+    for c in &mut detail.ticket_categories {
+        if let Some(snapshot) = live(&st, c.id).await {
+            c.remaining = i64::from(snapshot.counts.available);
+        }
     }
-    let mut body = json!(d.as_ref());
-    body["ticket_categories"] = Value::Array(categories);
-    Ok(Json(body))
+    Ok(Json(detail))
 }
 
 /// Query of `GET /api/v1/programs/{id}/seats`.
@@ -108,32 +100,87 @@ fn seat_map_categories(
     }
 }
 
+/// The live seat map of a program (or of one of its show times).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SeatMap {
+    /// The program.
+    program_id: i64,
+    /// The highest `seq` of its categories: compare with WebSocket deltas.
+    seq: u64,
+    /// One entry per ticket category shown.
+    categories: Vec<SeatMapCategory>,
+}
+
+/// One category of the seat map, from its actor's snapshot.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SeatMapCategory {
+    /// Ticket category id.
+    id: i64,
+    /// The show time it sells.
+    show_time_id: i64,
+    /// Tier name.
+    name: String,
+    /// Price in minor units.
+    price_cents: i64,
+    /// Seated (seats listed) or general admission (no seats).
+    seated: bool,
+    /// Tickets available now.
+    remaining: u32,
+    /// Sequence number of the category's last change.
+    seq: u64,
+    /// Every seat with its status, in grid order.
+    seats: Vec<SeatOnMap>,
+}
+
+/// One seat of the map.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SeatOnMap {
+    /// Seat id.
+    id: i64,
+    /// Row, 1 nearest the stage.
+    row: i32,
+    /// Column, from 1.
+    col: i32,
+    /// `available`, `held` or `sold`.
+    status: SeatStatus,
+}
+
 /// One category of the seat map from its actor's snapshot.
-fn seat_map_entry(c: &CategoryInfo, snapshot: &CategorySnapshot) -> Value {
-    let seats: Vec<Value> = snapshot
+fn seat_map_entry(c: &CategoryInfo, snapshot: &CategorySnapshot) -> SeatMapCategory {
+    let seats = snapshot
         .seats
         .iter()
         .zip(&snapshot.statuses)
-        .map(|(s, status)| json!({"id": s.id, "row": s.row, "col": s.col, "status": status}))
+        .map(|(s, status)| SeatOnMap {
+            id: s.id,
+            row: s.row,
+            col: s.col,
+            status: *status,
+        })
         .collect();
-    json!({
-        "id": c.id, "show_time_id": c.show_time_id, "name": c.name,
-        "price_cents": c.price_cents, "seated": c.seated,
-        "remaining": snapshot.counts.available, "seq": snapshot.seq, "seats": seats,
-    })
+    SeatMapCategory {
+        id: c.id,
+        show_time_id: c.show_time_id,
+        name: c.name.clone(),
+        price_cents: c.price_cents,
+        seated: c.seated,
+        remaining: snapshot.counts.available,
+        seq: snapshot.seq,
+        seats,
+    }
 }
 
 /// The live seat map of every tier, or of one show time's tiers with `?show_time_id=`.
 #[utoipa::path(get, path = "/api/v1/programs/{id}/seats", tag = "catalog",
     params(("id" = i64, Path, description = "Program id"), SeatMapQuery),
-    responses((status = 200, description = "`{seq, categories: [{id, show_time_id, name, price_cents, remaining, seq, seats}]}`"),
+    responses((status = 200, description = "The live seat map", body = SeatMap),
         (status = 404, description = "No such program, or no such show time of it"),
         (status = 422, description = "`show_time_id` is not an integer")))]
 pub async fn seats(
     State(st): State<AppState>,
     Path(id): Path<i64>,
     query: Result<Query<SeatMapQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SeatMap>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let d = cached_detail(&st, id).await?;
     let shown = seat_map_categories(&d, query.show_time_id)?;
@@ -151,7 +198,9 @@ pub async fn seats(
         seq = seq.max(snapshot.seq);
         categories.push(seat_map_entry(c, &snapshot));
     }
-    Ok(Json(
-        json!({ "program_id": id, "seq": seq, "categories": categories }),
-    ))
+    Ok(Json(SeatMap {
+        program_id: id,
+        seq,
+        categories,
+    }))
 }

@@ -20,16 +20,21 @@ pub struct ApiError {
     retry_after_secs: Option<u64>,
 }
 
+/// The body of every 4xx/5xx answer: `{"error": {...}}`.
 #[derive(Serialize, utoipa::ToSchema)]
-struct ErrorBody<'a> {
+pub struct ErrorBody<'a> {
     error: ErrorInner<'a>,
 }
 
-/// The body of every 4xx/5xx answer.
+/// What went wrong: a stable code, a human message and structured details.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorInner<'a> {
+    /// Stable UPPER_SNAKE identifier, e.g. `SEAT_UNAVAILABLE`.
+    #[schema(pattern = "^[A-Z][A-Z0-9_]*$")]
     code: &'a str,
+    /// Human text.
     message: &'a str,
+    /// Field names, counts, …; an empty object when there is nothing more to say.
     #[schema(value_type = Object)]
     details: &'a Value,
 }

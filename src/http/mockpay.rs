@@ -10,7 +10,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::extractor::ApiJson;
 use crate::config::MockpaySettings;
-use crate::payments::mockpay::{CreateTrade, RefundCall, SIGNATURE_HEADER, sign};
+use crate::payments::mockpay::{
+    CreateTrade, RefundCall, RefundDone, SIGNATURE_HEADER, TradeOpened, sign,
+};
 use crate::store::mockpay_trades::{StoredTrade, TradeBook};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -18,7 +20,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::SecretString;
-use serde_json::json;
 use std::time::Duration;
 
 /// The provider: its book, its HTTP client for callbacks, its key and switches.
@@ -159,7 +160,10 @@ async fn create_trade(
         "{}/mockpay/checkout/{}",
         st.mockpay.base_url, call.out_trade_no
     );
-    let body = json!({ "out_trade_no": call.out_trade_no, "pay_url": pay_url });
+    let body = TradeOpened {
+        out_trade_no: call.out_trade_no,
+        pay_url,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -176,7 +180,7 @@ async fn query_trade(
 async fn refund(
     State(st): State<AppState>,
     ApiJson(call): ApiJson<RefundCall>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RefundDone>, ApiError> {
     let stored = st.mockpay.trade(&call.out_trade_no).await?;
     if call.refund_amount_cents != stored.trade.total_amount_cents {
         return Err(ApiError::validation(
@@ -200,9 +204,10 @@ async fn refund(
         ));
     }
     tracing::info!(out_trade_no = %call.out_trade_no, reason = %call.reason, "mockpay: trade refunded");
-    Ok(Json(
-        json!({ "out_trade_no": call.out_trade_no, "status": "REFUND_SUCCESS" }),
-    ))
+    Ok(Json(RefundDone {
+        out_trade_no: call.out_trade_no,
+        status: "REFUND_SUCCESS".into(),
+    }))
 }
 
 /// `GET /mockpay/checkout/{out_trade_no}`: the page a buyer pays on.

@@ -10,6 +10,7 @@ pub mod extractor;
 pub mod limits;
 pub mod mockpay;
 pub mod mq;
+pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod payments;
@@ -50,7 +51,8 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
+
+pub use self::openapi::ApiDoc;
 
 /// Shared by every handler; cheap to clone (handles and `Arc`s only).
 #[derive(Clone)]
@@ -192,52 +194,17 @@ fn payment_parts(
     (payments, provider)
 }
 
-/// The OpenAPI document, generated from the handlers' annotations.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "boxoffice",
-        description = "Ticketing engine for high-demand on-sales (API v1)"
-    ),
-    paths(
-        ops::healthz,
-        ops::readyz,
-        ops::metrics,
-        openapi_json,
-        accounts::register,
-        accounts::new_challenge,
-        accounts::login,
-        accounts::logout,
-        accounts::me,
-        ticket_buyers::create,
-        ticket_buyers::list,
-        ticket_buyers::remove,
-        catalog::list,
-        catalog::detail,
-        catalog::seats,
-        admin::create,
-        admin::edit,
-        mq::list,
-        mq::handled,
-        mq::republish,
-        orders::place,
-        orders::one,
-        orders::list,
-        orders::cancel,
-        payments::start,
-        payments::notify,
-        payments::pay_check,
-        payments::refund,
-    ),
-    components(schemas(error::ErrorInner))
-)]
-pub struct ApiDoc;
-
-/// Serves the OpenAPI 3 document of this server.
-#[utoipa::path(get, path = "/api-docs/openapi.json", tag = "operations",
-    responses((status = 200, description = "OpenAPI 3 document")))]
-pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// The `{items, total, page, per_page}` envelope of every paged list.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Listing<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// How many match, on all pages.
+    pub total: i64,
+    /// This page's number, from 1.
+    pub page: u32,
+    /// The page size used.
+    pub per_page: u32,
 }
 
 /// Page number and size of an operators' list: page 1 and 50 by default, at most 200 a page.
@@ -290,7 +257,10 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::router(&state))
         .merge(mockpay::router(&state))
         .merge(ws::router(&state))
-        .route("/api-docs/openapi.json", axum::routing::get(openapi_json))
+        .route(
+            "/api-docs/openapi.json",
+            axum::routing::get(openapi::openapi_json),
+        )
         .fallback(error::fallback)
         .layer(layers)
         .with_state(state)

@@ -1,14 +1,15 @@
 //! Orders (API.md, "Orders"): placing with `Idempotency-Key`, reading one (owner or admin, 404
 //! for anyone else), the caller's list, and cancelling.
 
-use super::AppState;
 use super::error::ApiError;
 use super::extractor::{AuthUser, bearer, parse_json};
 use super::limits;
+use super::{AppState, Listing};
 use crate::actors::{ActorError, Transition};
 use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::ordering::{OrderError, OrderRequest};
 use crate::store::idempotency::{Gate, MarkerLease, OrderGate, Owner};
+use crate::store::orders::{OrderPlaced, OrderSummary, OrderView};
 use crate::store::{StoreError, idempotency, orders, users::role};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 /// Outer bound of a key's in-flight marker, however its leases went (a lapsed lease lets a retry
@@ -124,7 +125,7 @@ fn raw_json(status: u16, body: Vec<u8>) -> Response {
 /// when the key's marker says one exists.
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = OrderRequest,
     params(("Idempotency-Key" = String, Header, description = "Required; same key + same body replays the answer")),
-    responses((status = 201, description = "The order, pending payment"), (status = 409, description = "Seat taken, sold out, key in flight"),
+    responses((status = 201, description = "The order, pending payment", body = OrderPlaced), (status = 409, description = "Seat taken, sold out, key in flight"),
         (status = 422, description = "Limits, price mismatch, key reused with another body")))]
 pub async fn place(
     State(st): State<AppState>,
@@ -276,13 +277,13 @@ pub(crate) async fn visible_order(
 /// `GET /api/v1/orders/{order_no}`.
 #[utoipa::path(get, path = "/api/v1/orders/{order_no}", tag = "orders",
     params(("order_no" = String, Path, description = "Order number")),
-    responses((status = 200, description = "The order"), (status = 404, description = "No such order of the caller")))]
+    responses((status = 200, description = "The order", body = OrderView), (status = 404, description = "No such order of the caller")))]
 pub async fn one(
     State(st): State<AppState>,
     user: AuthUser,
     Path(order_no): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(visible_order(&st, &user, &order_no).await?)))
+) -> Result<Json<OrderView>, ApiError> {
+    Ok(Json(visible_order(&st, &user, &order_no).await?))
 }
 
 /// Filters of the caller's order list.
@@ -295,12 +296,12 @@ pub struct ListQuery {
 
 /// `GET /api/v1/orders`.
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(ListQuery),
-    responses((status = 200, description = "`{items, total, page, per_page}`")))]
+    responses((status = 200, description = "The caller's orders, newest first", body = Listing<OrderSummary>)))]
 pub async fn list(
     State(st): State<AppState>,
     user: AuthUser,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Listing<OrderSummary>>, ApiError> {
     let (page, per_page) = (
         q.page.unwrap_or(1).max(1),
         q.per_page.unwrap_or(20).clamp(1, 100),
@@ -313,24 +314,27 @@ pub async fn list(
         per_page,
     )
     .await?;
-    Ok(Json(
-        json!({ "items": items, "total": total, "page": page, "per_page": per_page }),
-    ))
+    Ok(Json(Listing {
+        items,
+        total,
+        page,
+        per_page,
+    }))
 }
 
 /// `POST /api/v1/orders/{order_no}/cancel`: seats go back at once; repeating it is harmless.
 #[utoipa::path(post, path = "/api/v1/orders/{order_no}/cancel", tag = "orders",
     params(("order_no" = String, Path, description = "Order number")),
-    responses((status = 200, description = "The order, cancelled"), (status = 404, description = "No such order of the caller"),
+    responses((status = 200, description = "The order, cancelled", body = OrderView), (status = 404, description = "No such order of the caller"),
         (status = 409, description = "Paid, expired or refunded orders cannot be cancelled")))]
 pub async fn cancel(
     State(st): State<AppState>,
     user: AuthUser,
     Path(order_no): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderView>, ApiError> {
     let order = visible_order(&st, &user, &order_no).await?;
-    match order.status.as_str() {
-        "cancelled" => return Ok(Json(json!(order))),
+    match order.head.status.as_str() {
+        "cancelled" => return Ok(Json(order)),
         "pending_payment" => {}
         other => {
             return Err(ApiError::new(
@@ -340,7 +344,7 @@ pub async fn cancel(
             ));
         }
     }
-    let number: i64 = order.order_no.parse().map_err(ApiError::internal)?;
+    let number: i64 = order.head.order_no.parse().map_err(ApiError::internal)?;
     // The connection goes back to the pool before any actor call: a release waits on the
     // writer, and a handler must never pin a pooled connection while it waits.
     let categories = {
@@ -348,8 +352,8 @@ pub async fn cancel(
         orders::categories_of(&client, number).await?
     };
     release_in(&st, &categories, number).await?;
-    let mut after = visible_order(&st, &user, &order.order_no).await?;
-    if after.status == "pending_payment" {
+    let mut after = visible_order(&st, &user, &order.head.order_no).await?;
+    if after.head.status == "pending_payment" {
         // Postgres still has the order live, so an actor did not know it: memory diverged.
         // Reload those categories from Postgres and release once more.
         tracing::error!(
@@ -360,15 +364,15 @@ pub async fn cancel(
             st.supervisor.unload(*category).await;
         }
         release_in(&st, &categories, number).await?;
-        after = visible_order(&st, &user, &order.order_no).await?;
+        after = visible_order(&st, &user, &order.head.order_no).await?;
     }
-    if after.status == "pending_payment" {
+    if after.head.status == "pending_payment" {
         return Err(ApiError::unavailable(
             "INVENTORY_UNAVAILABLE",
             "the order could not be released; retry",
         ));
     }
-    Ok(Json(json!(after)))
+    Ok(Json(after))
 }
 
 /// Releases the order's tickets in each category through its actor.

@@ -12,11 +12,11 @@ use crate::store::orders::OrderView;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router, middleware};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
 
 /// Buyer routes (with the `account` rate limit) and the provider's notify route (without: it
 /// is the provider's servers calling, authenticated by signature).
@@ -54,7 +54,7 @@ impl From<PaymentError> for ApiError {
 }
 
 fn order_number(order: &OrderView) -> Result<i64, ApiError> {
-    order.order_no.parse().map_err(ApiError::internal)
+    order.head.order_no.parse().map_err(ApiError::internal)
 }
 
 /// Body of `POST /api/v1/orders/{order_no}/payments`.
@@ -64,29 +64,48 @@ pub struct StartPayment {
     channel: String,
 }
 
+/// 201 of `POST /api/v1/orders/{order_no}/payments`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentStarted {
+    /// The bill.
+    payment_id: Uuid,
+    /// Where the buyer pays (the provider's checkout page).
+    pay_url: String,
+}
+
+/// The answer the provider expects to a notice it may stop resending.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NoticeAccepted {
+    /// Always `success`.
+    result: &'static str,
+}
+
 /// `POST /api/v1/orders/{order_no}/payments`: a bill for the order's total and the provider's
 /// checkout URL.
 #[utoipa::path(post, path = "/api/v1/orders/{order_no}/payments", tag = "payments", request_body = StartPayment,
     params(("order_no" = String, Path, description = "Order number")),
-    responses((status = 201, description = "`{payment_id, pay_url}`"), (status = 404, description = "No such order of the caller"),
+    responses((status = 201, description = "The bill and where to pay it", body = PaymentStarted), (status = 404, description = "No such order of the caller"),
         (status = 409, description = "The order is not pending payment (NOT_PAYABLE)")))]
 pub async fn start(
     State(st): State<AppState>,
     user: AuthUser,
     Path(order_no): Path<String>,
     ApiJson(body): ApiJson<StartPayment>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<PaymentStarted>), ApiError> {
     let order = visible_order(&st, &user, &order_no).await?;
     let payable = Payable {
         order_no: order_number(&order)?,
-        status: order.status,
-        total_cents: order.total_cents,
-        expires_at: order.expires_at,
+        status: order.head.status,
+        total_cents: order.head.total_cents,
+        expires_at: order.head.expires_at,
     };
     let now = st.ordering.clock.now();
     let started = st.payments.start(&payable, &body.channel, now).await?;
-    let answer = json!({ "payment_id": started.payment_id, "pay_url": started.pay_url });
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    let answer = PaymentStarted {
+        payment_id: started.payment_id,
+        pay_url: started.pay_url,
+    };
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// `POST /api/v1/payments/notify/{channel}`: the provider's asynchronous callback. A bad
@@ -94,45 +113,45 @@ pub async fn start(
 #[utoipa::path(post, path = "/api/v1/payments/notify/{channel}", tag = "payments",
     request_body(content = String, description = "The provider's signed notice, verbatim"),
     params(("channel" = String, Path, description = "Provider channel")),
-    responses((status = 200, description = "Applied (or applied before)"), (status = 401, description = "Bad signature"),
+    responses((status = 200, description = "Applied (or applied before)", body = NoticeAccepted), (status = 401, description = "Bad signature"),
         (status = 422, description = "Amount differs from the bill")))]
 pub async fn notify(
     State(st): State<AppState>,
     Path(channel): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NoticeAccepted>, ApiError> {
     st.payments.notified(&channel, &headers, &body).await?;
-    Ok(Json(json!({ "result": "success" })))
+    Ok(Json(NoticeAccepted { result: "success" }))
 }
 
 /// `POST /api/v1/orders/{order_no}/pay-check`: asks the provider, applies what it says and
 /// returns the order.
 #[utoipa::path(post, path = "/api/v1/orders/{order_no}/pay-check", tag = "payments",
     params(("order_no" = String, Path, description = "Order number")),
-    responses((status = 200, description = "The order after reconciling"), (status = 404, description = "No such order of the caller")))]
+    responses((status = 200, description = "The order after reconciling", body = OrderView), (status = 404, description = "No such order of the caller")))]
 pub async fn pay_check(
     State(st): State<AppState>,
     user: AuthUser,
     Path(order_no): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderView>, ApiError> {
     let order = visible_order(&st, &user, &order_no).await?;
     st.payments.check(order_number(&order)?).await?;
-    Ok(Json(json!(visible_order(&st, &user, &order_no).await?)))
+    Ok(Json(visible_order(&st, &user, &order_no).await?))
 }
 
 /// `POST /api/v1/orders/{order_no}/refund`: a paid order before its show; seats return at once
 /// and the money goes back through the provider. Repeating it is harmless.
 #[utoipa::path(post, path = "/api/v1/orders/{order_no}/refund", tag = "payments",
     params(("order_no" = String, Path, description = "Order number")),
-    responses((status = 200, description = "The order, refunded"), (status = 404, description = "No such order of the caller"),
+    responses((status = 200, description = "The order, refunded", body = OrderView), (status = 404, description = "No such order of the caller"),
         (status = 409, description = "Not paid (NOT_REFUNDABLE) or the show has started (SHOW_STARTED)")))]
 pub async fn refund(
     State(st): State<AppState>,
     user: AuthUser,
     Path(order_no): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderView>, ApiError> {
     let order = visible_order(&st, &user, &order_no).await?;
     st.payments.refund(order_number(&order)?).await?;
-    Ok(Json(json!(visible_order(&st, &user, &order_no).await?)))
+    Ok(Json(visible_order(&st, &user, &order_no).await?))
 }

@@ -8,18 +8,18 @@
 //! - `POST /api/v1/admin/reconciliations/{id}/handled` `{note}`: an operator resolves a problem
 //!   (audit-logged).
 
-use super::AppState;
 use super::error::ApiError;
 use super::extractor::{AdminUser, ApiJson};
 use super::limits;
-use crate::reconcile::findings;
+use super::{AppState, Listing};
+use crate::reconcile::findings::{self, Finding, PassReport};
+use crate::reconcile::inventory::CategoryView;
 use crate::store::StoreError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// Routes of this module, with the `admin` rate limit.
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -37,17 +37,28 @@ pub struct InventoryQuery {
     seats: Option<bool>,
 }
 
+/// A program's inventory in the actor, Postgres and the Redis mirror.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProgramInventory {
+    /// The program.
+    program_id: i64,
+    /// Every category is consistent.
+    consistent: bool,
+    /// One entry per ticket category.
+    categories: Vec<CategoryView>,
+}
+
 /// `GET /api/v1/admin/programs/{id}/inventory`.
 #[utoipa::path(get, path = "/api/v1/admin/programs/{id}/inventory", tag = "admin", operation_id = "program_inventory",
     params(("id" = i64, Path, description = "Program id"), InventoryQuery),
-    responses((status = 200, description = "`{program_id, consistent, categories: [{ticket_category_id, capacity, actor, postgres, redis, consistent, differing_seats}]}`"),
+    responses((status = 200, description = "Each category in every store", body = ProgramInventory),
         (status = 403, description = "Not an admin"), (status = 404, description = "No such program")))]
 pub async fn inventory(
     State(st): State<AppState>,
     _admin: AdminUser,
     Path(id): Path<i64>,
     query: Result<Query<InventoryQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProgramInventory>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let categories = st
         .reconciler
@@ -57,9 +68,11 @@ pub async fn inventory(
         return Err(StoreError::NotFound(format!("program {id}")).into());
     }
     let consistent = categories.iter().all(|c| c.consistent);
-    Ok(Json(
-        json!({ "program_id": id, "consistent": consistent, "categories": categories }),
-    ))
+    Ok(Json(ProgramInventory {
+        program_id: id,
+        consistent,
+        categories,
+    }))
 }
 
 /// Filters of the findings list.
@@ -74,13 +87,13 @@ pub struct FindingsQuery {
 /// `GET /api/v1/admin/reconciliations`.
 #[utoipa::path(get, path = "/api/v1/admin/reconciliations", tag = "admin", operation_id = "list_reconciliations",
     params(FindingsQuery),
-    responses((status = 200, description = "`{items, total, page, per_page}`"), (status = 400, description = "Unknown status"),
+    responses((status = 200, description = "Findings, newest first", body = Listing<Finding>), (status = 422, description = "Unknown status"),
         (status = 403, description = "Not an admin")))]
 pub async fn list(
     State(st): State<AppState>,
     _admin: AdminUser,
     query: Result<Query<FindingsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Listing<Finding>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     if let Some(status) = q.status.as_deref()
         && !findings::STATUSES.contains(&status)
@@ -92,9 +105,12 @@ pub async fn list(
     }
     let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) = findings::page(&st.stores.pg, q.status.as_deref(), page, per_page).await?;
-    Ok(Json(
-        json!({ "items": items, "total": total, "page": page, "per_page": per_page }),
-    ))
+    Ok(Json(Listing {
+        items,
+        total,
+        page,
+        per_page,
+    }))
 }
 
 /// Which program's categories to include besides the hot ones.
@@ -106,16 +122,16 @@ pub struct RunQuery {
 /// `POST /api/v1/admin/reconciliations/run`.
 #[utoipa::path(post, path = "/api/v1/admin/reconciliations/run", tag = "admin", operation_id = "run_reconciliation",
     params(RunQuery),
-    responses((status = 200, description = "The pass: `{trigger, duration_ms, categories, seats, orders, findings, repaired}`"),
+    responses((status = 200, description = "The pass's figures", body = PassReport),
         (status = 403, description = "Not an admin")))]
 pub async fn run(
     State(st): State<AppState>,
     _admin: AdminUser,
     query: Result<Query<RunQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PassReport>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let report = st.reconciler.pass("on_demand", q.program_id).await?;
-    Ok(Json(json!(report)))
+    Ok(Json(report))
 }
 
 /// An operator's resolution.
@@ -128,18 +144,18 @@ pub struct Handled {
 /// `POST /api/v1/admin/reconciliations/{id}/handled`.
 #[utoipa::path(post, path = "/api/v1/admin/reconciliations/{id}/handled", tag = "admin", operation_id = "handle_reconciliation",
     params(("id" = i64, Path, description = "Finding id")), request_body = Handled,
-    responses((status = 200, description = "The finding, `problem_handled`"), (status = 403, description = "Not an admin"),
+    responses((status = 200, description = "The finding, `problem_handled`", body = Finding), (status = 403, description = "Not an admin"),
         (status = 404, description = "No open finding with this id")))]
 pub async fn handled(
     State(st): State<AppState>,
     admin: AdminUser,
     Path(id): Path<i64>,
     ApiJson(body): ApiJson<Handled>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Finding>, ApiError> {
     let note = body.note.trim();
     if note.is_empty() || note.len() > 2000 {
         return Err(ApiError::validation("note", "1 to 2000 characters"));
     }
     let finding = findings::mark_handled(&st.stores.pg, id, admin.0.0.sub, note).await?;
-    Ok(Json(json!(finding)))
+    Ok(Json(finding))
 }

@@ -11,8 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router, middleware};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// Routes of this module, with the `account` rate limit.
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -33,25 +34,47 @@ pub struct NewTicketBuyer {
     id_number: String,
 }
 
-fn masked(b: &TicketBuyer) -> Value {
-    json!({
-        "id": b.id,
-        "name_masked": mask_name(&b.name),
-        "id_type": b.id_type,
-        "id_number_masked": mask_id_number(&b.id_number),
-        "created_at": b.created_at,
-    })
+/// A ticket buyer as every answer shows it: name and id number masked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MaskedTicketBuyer {
+    /// Id (for orders and removal).
+    id: i64,
+    /// Name, masked.
+    name_masked: String,
+    /// `id_card` or `passport`.
+    id_type: String,
+    /// Id number, masked.
+    id_number_masked: String,
+    /// Added at.
+    created_at: DateTime<Utc>,
+}
+
+/// The caller's ticket buyers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TicketBuyerList {
+    /// Oldest first.
+    items: Vec<MaskedTicketBuyer>,
+}
+
+fn masked(b: &TicketBuyer) -> MaskedTicketBuyer {
+    MaskedTicketBuyer {
+        id: b.id,
+        name_masked: mask_name(&b.name),
+        id_type: b.id_type.clone(),
+        id_number_masked: mask_id_number(&b.id_number),
+        created_at: b.created_at,
+    }
 }
 
 /// Adds a real-name ticket buyer.
 #[utoipa::path(post, path = "/api/v1/me/ticket-buyers", tag = "accounts", request_body = NewTicketBuyer,
-    responses((status = 201, description = "The ticket buyer, masked"), (status = 409, description = "Same person twice"),
+    responses((status = 201, description = "The ticket buyer, masked", body = MaskedTicketBuyer), (status = 409, description = "Same person twice"),
         (status = 422, description = "Invalid document or limit reached")))]
 pub async fn create(
     State(st): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<NewTicketBuyer>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<MaskedTicketBuyer>), ApiError> {
     let name = body.name.trim();
     if !(1..=64).contains(&name.chars().count()) {
         return Err(ApiError::validation("name", "must be 1 to 64 characters"));
@@ -87,12 +110,15 @@ pub async fn create(
 
 /// The caller's ticket buyers, masked.
 #[utoipa::path(get, path = "/api/v1/me/ticket-buyers", tag = "accounts", operation_id = "list_ticket_buyers",
-    responses((status = 200, description = "`{items: [...]}`, masked")))]
-pub async fn list(State(st): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "The caller's ticket buyers, masked", body = TicketBuyerList)))]
+pub async fn list(
+    State(st): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<TicketBuyerList>, ApiError> {
     let buyers = ticket_buyers::list(&st.stores.pg, &st.cipher, user.id()).await?;
-    Ok(Json(
-        json!({ "items": buyers.iter().map(masked).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(TicketBuyerList {
+        items: buyers.iter().map(masked).collect(),
+    }))
 }
 
 /// Removes one of the caller's ticket buyers.

@@ -71,6 +71,24 @@ impl Trade {
     }
 }
 
+/// The provider's 201 to a trade it opened: the one shape both sides read and write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TradeOpened {
+    /// Our trade number, echoed.
+    pub out_trade_no: String,
+    /// The checkout page the buyer pays on.
+    pub pay_url: String,
+}
+
+/// The provider's answer to a refund it made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefundDone {
+    /// Our trade number, echoed.
+    pub out_trade_no: String,
+    /// Always `REFUND_SUCCESS`.
+    pub status: String,
+}
+
 /// `POST /mockpay/api/refunds`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RefundCall {
@@ -166,16 +184,13 @@ impl PaymentProvider for MockpayClient {
                 subject: trade.subject,
                 notify_url: trade.notify_url,
             };
-            let answer: serde_json::Value = self
+            let answer: TradeOpened = self
                 .post("/mockpay/api/trades", &call)
                 .await?
                 .json()
                 .await
                 .map_err(unreadable)?;
-            answer["pay_url"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| unreadable("no pay_url in the answer"))
+            Ok(answer.pay_url)
         })
     }
 

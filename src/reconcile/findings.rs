@@ -54,7 +54,7 @@ impl NewFinding {
 }
 
 /// A stored finding as operators see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Finding {
     /// Id (for `…/handled`).
     pub id: i64,
@@ -210,7 +210,7 @@ pub async fn mark_handled(
 }
 
 /// One pass's figures, as stored in `reconciliation_runs`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct PassReport {
     /// `continuous` or `on_demand`.
     pub trigger: &'static str,

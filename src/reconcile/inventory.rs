@@ -25,7 +25,7 @@ pub struct PgSeat {
 }
 
 /// One category in every store.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CategoryView {
     /// The category.
     pub ticket_category_id: i64,
@@ -59,9 +59,10 @@ pub struct CategoryView {
 }
 
 /// A seat's status in each store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 pub struct SeatDiff {
     /// The seat.
+    #[schema(value_type = i64)]
     pub seat_id: SeatId,
     /// In the actor (None: no actor here).
     pub actor: Option<&'static str>,

@@ -69,10 +69,11 @@ pub struct OrderFilter {
 }
 
 /// One order of the operators' list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AdminOrder {
     /// Serialized as a string: 63-bit numbers do not survive JavaScript's numbers.
     #[serde(serialize_with = "as_string")]
+    #[schema(value_type = String)]
     pub order_no: i64,
     /// The buyer's account.
     pub user_id: i64,
@@ -103,7 +104,7 @@ pub struct AdminOrder {
 }
 
 /// One ticket of an order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AdminTicket {
     /// The seat; `None` in general admission.
     pub seat_id: Option<i64>,
@@ -117,7 +118,7 @@ pub struct AdminTicket {
 
 /// What happened to an order; declared in lifecycle order, which breaks ties between steps of
 /// one transaction (they share its `now()`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     /// Let in by the order gate.
@@ -165,7 +166,7 @@ impl StepKind {
 }
 
 /// One step of an order, with what names its subject (event, bill, consumer) when it has one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Step {
     /// What happened.
     pub step: StepKind,
@@ -553,18 +554,20 @@ async fn findings_of(
 }
 
 /// One discarded order: an attempt that took seats but could not be completed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DiscardedOrder {
     /// The record's id.
     pub id: i64,
     /// The order number it would have had (serialized as a string).
     #[serde(serialize_with = "as_string")]
+    #[schema(value_type = String)]
     pub order_no: i64,
     /// The buyer's account.
     pub user_id: i64,
     /// Why it was discarded (the store's error).
     pub reason: String,
     /// Its tickets as recorded (`[{ticket_category_id, ticket_buyer_id, seat_id, price_cents}]`).
+    #[schema(value_type = Vec<Object>)]
     pub tickets: Value,
     /// When it was discarded.
     pub created_at: DateTime<Utc>,

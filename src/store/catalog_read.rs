@@ -38,7 +38,7 @@ impl ProgramQuery {
 }
 
 /// One line of the program list; its figures cover every show time of the program.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgramSummary {
     /// Program id.
     pub id: i64,
@@ -62,7 +62,7 @@ pub struct ProgramSummary {
 }
 
 /// A page of the program list.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgramPage {
     /// The programs on this page.
     pub items: Vec<ProgramSummary>,

@@ -91,13 +91,35 @@ pub async fn close_released_in(
     Ok(())
 }
 
-/// An order with its tickets, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct OrderView {
+/// The seat of a ticket, as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SeatRef {
+    /// Seat id.
+    pub id: i64,
+    /// Row, 1 nearest the stage.
+    pub row: i32,
+    /// Column, from 1.
+    pub col: i32,
+}
+
+/// One ticket of an order, as the API shows it (the 201 of placing and every later read).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TicketView {
+    /// The real-name holder.
+    pub ticket_buyer_id: i64,
+    /// The tier.
+    pub ticket_category_id: i64,
+    /// The seat; `null` in general admission.
+    pub seat: Option<SeatRef>,
+    /// Price in minor units.
+    pub price_cents: i64,
+}
+
+/// What every view of an order shows first (flattened into each).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OrderHead {
     /// 63-bit number, as a string (JSON numbers lose precision past 2^53).
     pub order_no: String,
-    /// Owner.
-    pub user_id: i64,
     /// Program.
     pub program_id: i64,
     /// The show time the tickets are for.
@@ -108,10 +130,54 @@ pub struct OrderView {
     pub total_cents: i64,
     /// End of the payment window.
     pub expires_at: DateTime<Utc>,
+}
+
+/// The 201 body of `POST /api/v1/orders` (status `pending_payment`), stored under the
+/// `Idempotency-Key` and replayed byte for byte.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OrderPlaced {
+    /// Number, status, total, payment window.
+    #[serde(flatten)]
+    pub head: OrderHead,
+    /// Tickets in line order.
+    pub tickets: Vec<TicketView>,
+}
+
+/// One order of the caller's list (without tickets).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OrderSummary {
+    /// Number, status, total, payment window.
+    #[serde(flatten)]
+    pub head: OrderHead,
+    /// Placed at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An order with its tickets, as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OrderView {
+    /// Number, status, total, payment window.
+    #[serde(flatten)]
+    pub head: OrderHead,
+    /// Owner.
+    pub user_id: i64,
     /// Placed at.
     pub created_at: DateTime<Utc>,
     /// Tickets in line order.
-    pub tickets: Vec<serde_json::Value>,
+    pub tickets: Vec<TicketView>,
+}
+
+/// The head of an order from a row with program, status, total and window in columns 1 to 4
+/// and the show time in `show_time_column`.
+fn head_of(row: &tokio_postgres::Row, order_no: i64, show_time_column: usize) -> OrderHead {
+    OrderHead {
+        order_no: order_no.to_string(),
+        program_id: row.get(1),
+        show_time_id: row.get(show_time_column),
+        status: row.get(2),
+        total_cents: row.get(3),
+        expires_at: row.get(4),
+    }
 }
 
 /// One order by number (one partition), with its tickets and seats.
@@ -136,20 +202,20 @@ pub async fn find(pool: &PgPool, order_no: i64) -> Result<Option<OrderView>, Sto
         )
         .await?;
     Ok(Some(OrderView {
-        order_no: order_no.to_string(),
+        head: head_of(&o, order_no, 6),
         user_id: o.get(0),
-        program_id: o.get(1),
-        show_time_id: o.get(6),
-        status: o.get(2),
-        total_cents: o.get(3),
-        expires_at: o.get(4),
         created_at: o.get(5),
         tickets: tickets
             .iter()
-            .map(|t| {
-                let seat = t.get::<_, Option<i64>>(3).map(|id| json!({"id": id, "row": t.get::<_, i32>(4), "col": t.get::<_, i32>(5)}));
-                json!({"ticket_buyer_id": t.get::<_, i64>(0), "ticket_category_id": t.get::<_, i64>(1),
-                       "price_cents": t.get::<_, i64>(2), "seat": seat})
+            .map(|t| TicketView {
+                ticket_buyer_id: t.get(0),
+                ticket_category_id: t.get(1),
+                price_cents: t.get(2),
+                seat: t.get::<_, Option<i64>>(3).map(|id| SeatRef {
+                    id,
+                    row: t.get(4),
+                    col: t.get(5),
+                }),
             })
             .collect(),
     }))
@@ -178,7 +244,7 @@ pub async fn list_for_user(
     status: Option<&str>,
     page: u32,
     per_page: u32,
-) -> Result<(Vec<serde_json::Value>, i64), StoreError> {
+) -> Result<(Vec<OrderSummary>, i64), StoreError> {
     let offset = i64::from(page.max(1) - 1) * i64::from(per_page);
     let rows = pool
         .get()
@@ -194,11 +260,9 @@ pub async fn list_for_user(
     let total = rows.first().map_or(0, |r| r.get(6));
     let items = rows
         .iter()
-        .map(|r| {
-            json!({"order_no": r.get::<_, i64>(0).to_string(), "program_id": r.get::<_, i64>(1),
-                   "show_time_id": r.get::<_, Option<i64>>(7),
-                   "status": r.get::<_, String>(2), "total_cents": r.get::<_, i64>(3),
-                   "expires_at": r.get::<_, DateTime<Utc>>(4), "created_at": r.get::<_, DateTime<Utc>>(5)})
+        .map(|r| OrderSummary {
+            head: head_of(r, r.get(0), 7),
+            created_at: r.get(5),
         })
         .collect();
     Ok((items, total))

@@ -2,8 +2,44 @@
 //! status, consume status per consumer, dead letters and reconcile status.
 
 use super::{PgPool, StoreError, audit};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+/// One MQ message record: an order event with its send, consume and reconcile status.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MqMessage {
+    /// The event's id (the consumers' dedupe key).
+    pub event_id: Uuid,
+    /// Event type, e.g. `OrderCreated`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Pulsar topic.
+    pub topic: String,
+    /// Message key (the order number).
+    pub key: String,
+    /// The event as published.
+    pub payload: Value,
+    /// `pending`, `sent` or `failed`.
+    pub send_status: String,
+    /// Sends tried.
+    pub send_attempts: i32,
+    /// The broker's message id once sent.
+    pub message_id: Option<String>,
+    /// `unreconciled`, `ok`, `problem` or `handled`.
+    pub reconcile_status: String,
+    /// Written to the outbox at.
+    pub created_at: DateTime<Utc>,
+    /// Accepted by the broker at.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Consumer name → when it processed the event.
+    #[schema(value_type = Object)]
+    pub consumed: Value,
+    /// Consumers that gave up on it.
+    #[schema(value_type = Vec<String>)]
+    pub dead_lettered_by: Value,
+}
 
 /// A page of a program's messages, newest first; `status` matches the send status or the
 /// reconcile status. Answers (items, total).
@@ -13,7 +49,7 @@ pub async fn page_for_program(
     status: Option<&str>,
     page: u32,
     per_page: u32,
-) -> Result<(Vec<Value>, i64), StoreError> {
+) -> Result<(Vec<MqMessage>, i64), StoreError> {
     let offset = i64::from(page.max(1) - 1) * i64::from(per_page);
     let rows = pool
         .get()
@@ -35,16 +71,20 @@ pub async fn page_for_program(
     let total = rows.first().map_or(0, |r| r.get(13));
     let items = rows
         .iter()
-        .map(|r| {
-            json!({
-                "event_id": r.get::<_, Uuid>(0), "type": r.get::<_, String>(1), "topic": r.get::<_, String>(2),
-                "key": r.get::<_, String>(3), "payload": r.get::<_, Value>(4),
-                "send_status": r.get::<_, String>(5), "send_attempts": r.get::<_, i32>(6),
-                "message_id": r.get::<_, Option<String>>(7), "reconcile_status": r.get::<_, String>(8),
-                "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(9),
-                "sent_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(10),
-                "consumed": r.get::<_, Value>(11), "dead_lettered_by": r.get::<_, Value>(12),
-            })
+        .map(|r| MqMessage {
+            event_id: r.get(0),
+            event_type: r.get(1),
+            topic: r.get(2),
+            key: r.get(3),
+            payload: r.get(4),
+            send_status: r.get(5),
+            send_attempts: r.get(6),
+            message_id: r.get(7),
+            reconcile_status: r.get(8),
+            created_at: r.get(9),
+            sent_at: r.get(10),
+            consumed: r.get(11),
+            dead_lettered_by: r.get(12),
         })
         .collect();
     Ok((items, total))
