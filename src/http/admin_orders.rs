@@ -21,19 +21,24 @@ use axum::{Json, Router, middleware};
 use serde::{Deserialize, Deserializer};
 use std::str::FromStr;
 
+const ORDERS: &str = "/api/v1/admin/programs/{id}/orders";
+const DISCARDED: &str = "/api/v1/admin/programs/{id}/discarded-orders";
+
+/// The routes whose query values may be sent empty (a form's untouched fields), meaning "no
+/// filter": the OpenAPI document says so (`allowEmptyValue`) for their query parameters.
+pub const BLANK_QUERY_VALUES_ALLOWED: [&str; 2] = [ORDERS, DISCARDED];
+
 /// Routes of this module, with the `admin` rate limit.
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route("/api/v1/admin/programs/{id}/orders", get(list_orders))
-        .route(
-            "/api/v1/admin/programs/{id}/discarded-orders",
-            get(list_discarded),
-        )
+        .route(ORDERS, get(list_orders))
+        .route(DISCARDED, get(list_discarded))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::admin))
 }
 
 /// Filters of the order list; each one left out (or empty) matches every order.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrdersQuery {
     /// `pending_payment | paid | cancelled | expired | refunded`.
     #[serde(default, deserialize_with = "blank_is_none")]
@@ -54,6 +59,7 @@ pub struct OrdersQuery {
 
 /// Pages of the discarded-order list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page number, from 1.
     #[serde(default, deserialize_with = "blank_is_none")]

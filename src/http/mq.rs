@@ -29,6 +29,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 
 /// Filters of the message list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MqQuery {
     /// A send status (`pending`, `sent`, `failed`) or reconcile status (`unreconciled`, `ok`,
     /// `problem`, `handled`).

@@ -7,7 +7,8 @@ use super::error::{ErrorBody, ErrorInner};
 use super::{
     accounts, admin, admin_orders, catalog, mq, ops, orders, payments, reconcile, ticket_buyers,
 };
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
@@ -55,7 +56,7 @@ use utoipa::{Modify, OpenApi};
         payments::refund,
     ),
     components(schemas(ErrorBody, ErrorInner)),
-    modifiers(&ErrorEnvelope)
+    modifiers(&ErrorEnvelope, &BlankFilters)
 )]
 pub struct ApiDoc;
 
@@ -85,6 +86,37 @@ impl Modify for ErrorEnvelope {
                 describe_errors(operation);
             }
         }
+    }
+}
+
+/// Says which lists take a blank query value as "no filter" (a form's untouched fields).
+struct BlankFilters;
+
+impl Modify for BlankFilters {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for path in admin_orders::BLANK_QUERY_VALUES_ALLOWED {
+            let item = openapi.paths.paths.get_mut(path);
+            allow_blank_query_values(item.and_then(|i| i.get.as_mut()));
+        }
+    }
+}
+
+/// Lets each query parameter of `operation` also be the empty string (`anyOf` its schema and
+/// `""`): what `allowEmptyValue` meant, said the way OpenAPI 3.1 recommends.
+fn allow_blank_query_values(operation: Option<&mut Operation>) {
+    let parameters = operation.and_then(|o| o.parameters.as_mut());
+    for parameter in parameters.into_iter().flatten() {
+        if parameter.parameter_in != ParameterIn::Query {
+            continue;
+        }
+        let blank = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([""]));
+        let mut either = AnyOfBuilder::new().item(blank);
+        if let Some(schema) = parameter.schema.take() {
+            either = either.item(schema);
+        }
+        parameter.schema = Some(RefOr::T(Schema::AnyOf(either.build())));
     }
 }
 
@@ -137,5 +169,30 @@ mod tests {
                 assert!(op["responses"].get("default").is_some(), "{method} {path}");
             }
         }
+    }
+
+    #[test]
+    fn query_parameters_are_documented_in_the_query() {
+        // A query struct without `parameter_in = Query` is documented as path parameters
+        // that the path does not have: clients and fuzzers then never send them.
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        for (path, item) in paths {
+            for (method, op) in item.as_object().cloned().unwrap_or_default() {
+                let parameters = op["parameters"].as_array().cloned().unwrap_or_default();
+                for p in parameters.iter().filter(|p| p["in"] == "path") {
+                    let name = p["name"].as_str().unwrap_or_default();
+                    let placeholder = format!("{{{name}}}");
+                    assert!(path.contains(&placeholder), "{method} {path}: {name}");
+                }
+            }
+        }
+        let orders = &doc["paths"]["/api/v1/admin/programs/{id}/orders"]["get"];
+        let blank_ok = orders["parameters"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .filter(|p| p["in"] == "query")
+                .all(|p| p["schema"]["anyOf"][0]["enum"][0] == "")
+        });
+        assert!(blank_ok, "blank filters are documented: {orders}");
     }
 }

@@ -288,6 +288,7 @@ pub async fn one(
 
 /// Filters of the caller's order list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     status: Option<String>,
     page: Option<u32>,

@@ -33,6 +33,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 
 /// `?seats=true` lists every seat, not only the differing ones.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InventoryQuery {
     seats: Option<bool>,
 }
@@ -77,6 +78,7 @@ pub async fn inventory(
 
 /// Filters of the findings list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FindingsQuery {
     /// `unreconciled`, `reconciled_with_problem`, `reconciled_ok` or `problem_handled`.
     status: Option<String>,
@@ -115,6 +117,7 @@ pub async fn list(
 
 /// Which program's categories to include besides the hot ones.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunQuery {
     program_id: Option<i64>,
 }
