@@ -10,12 +10,11 @@
 //! Empty query values (`?status=&user_id=`, as a form sends them) mean "no filter".
 
 use super::error::ApiError;
-use super::extractor::AdminUser;
+use super::extractor::{AdminUser, ApiQuery};
 use super::limits;
 use super::{AppState, Listing};
 use crate::store::admin_orders::{self, AdminOrder, DiscardedOrder, ORDER_STATUSES, OrderFilter};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use serde::{Deserialize, Deserializer};
@@ -110,9 +109,8 @@ pub async fn list_orders(
     State(st): State<AppState>,
     _admin: AdminUser,
     Path(id): Path<i64>,
-    query: Result<Query<OrdersQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<OrdersQuery>,
 ) -> Result<Json<Listing<AdminOrder>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let filter = filter_of(&q)?;
     let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) =
@@ -135,9 +133,8 @@ pub async fn list_discarded(
     State(st): State<AppState>,
     _admin: AdminUser,
     Path(id): Path<i64>,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Listing<DiscardedOrder>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) = admin_orders::discarded_page(&st.stores.pg, id, page, per_page).await?;
     Ok(Json(Listing {

@@ -4,12 +4,12 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extractor::ApiQuery;
 use super::limits;
 use crate::actors::CategorySnapshot;
 use crate::domain::inventory::SeatStatus;
 use crate::store::catalog_read::{CategoryInfo, ProgramDetail, ProgramPage, ProgramQuery};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use serde::Serialize;
@@ -32,9 +32,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
     responses((status = 200, description = "A page of programs", body = ProgramPage)))]
 pub async fn list(
     State(st): State<AppState>,
-    query: Result<Query<ProgramQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<ProgramQuery>,
 ) -> Result<Json<ProgramPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let page = st.catalog.list(&query).await?;
     Ok(Json(page.as_ref().clone()))
 }
@@ -179,9 +178,8 @@ fn seat_map_entry(c: &CategoryInfo, snapshot: &CategorySnapshot) -> SeatMapCateg
 pub async fn seats(
     State(st): State<AppState>,
     Path(id): Path<i64>,
-    query: Result<Query<SeatMapQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<SeatMapQuery>,
 ) -> Result<Json<SeatMap>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let d = cached_detail(&st, id).await?;
     let shown = seat_map_categories(&d, query.show_time_id)?;
     let mut seq = 0;

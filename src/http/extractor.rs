@@ -1,5 +1,6 @@
 //! Extractors that turn requests into typed, checked inputs — or into the API's error format:
-//! a JSON body ([`ApiJson`]), the signed-in user ([`AuthUser`]) and an admin ([`AdminUser`]).
+//! a JSON body ([`ApiJson`]), query parameters ([`ApiQuery`]), the signed-in user
+//! ([`AuthUser`]) and an admin ([`AdminUser`]).
 //! Authorization lives here, so handlers never see an unauthenticated or unauthorized caller.
 
 use super::AppState;
@@ -66,7 +67,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     parsed.map_err(|(path, inner)| match inner.classify() {
         serde_json::error::Category::Data => {
             let field = if path == "." {
-                missing_field(&inner)
+                missing_field(&inner, "body")
             } else {
                 path
             };
@@ -80,14 +81,38 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// Query parameters; one that does not parse (`per_page=x`, a number too large for its type)
+/// is a 422 naming that parameter, the way a body field is named — not a bare 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parse_query(parts.uri.query().unwrap_or_default()).map(ApiQuery)
+    }
+}
+
+/// Parses a query string as `T`: 422 naming the parameter serde stopped at.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(pairs).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." {
+            missing_field(&inner, "query")
+        } else {
+            path
+        };
+        ApiError::validation(&field, inner)
+    })
+}
+
 /// serde reports a missing field at the path of its parent ("." at the top) and names it in
 /// backticks: "missing field `password`".
-fn missing_field(e: &serde_json::Error) -> String {
-    e.to_string()
-        .split('`')
-        .nth(1)
-        .unwrap_or("body")
-        .to_string()
+/// `whole` names the input when the message names no field.
+fn missing_field(e: &impl std::fmt::Display, whole: &str) -> String {
+    e.to_string().split('`').nth(1).unwrap_or(whole).to_string()
 }
 
 /// The path of the first string (or key) in the body that holds a NUL character, if any. JSON

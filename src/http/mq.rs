@@ -2,11 +2,11 @@
 //! consume and reconcile status; mark one handled, or publish it again. Admins only.
 
 use super::error::ApiError;
-use super::extractor::AdminUser;
+use super::extractor::{AdminUser, ApiQuery};
 use super::limits;
 use super::{AppState, Listing};
 use crate::store::outbox::{self, Action, MqMessage};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ pub async fn list(
     State(st): State<AppState>,
     _admin: AdminUser,
     Path(id): Path<i64>,
-    Query(q): Query<MqQuery>,
+    ApiQuery(q): ApiQuery<MqQuery>,
 ) -> Result<Json<Listing<MqMessage>>, ApiError> {
     let (page, per_page) = super::paging(q.page, q.per_page);
     let (items, total) =

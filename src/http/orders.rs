@@ -2,7 +2,7 @@
 //! for anyone else), the caller's list, and cancelling.
 
 use super::error::ApiError;
-use super::extractor::{AuthUser, bearer, parse_json};
+use super::extractor::{ApiQuery, AuthUser, bearer, parse_json};
 use super::limits;
 use super::{AppState, Listing};
 use crate::actors::{ActorError, Transition};
@@ -12,7 +12,7 @@ use crate::store::idempotency::{Gate, MarkerLease, OrderGate, Owner};
 use crate::store::orders::{OrderPlaced, OrderSummary, OrderView};
 use crate::store::{StoreError, idempotency, orders, users::role};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -301,7 +301,7 @@ pub struct ListQuery {
 pub async fn list(
     State(st): State<AppState>,
     user: AuthUser,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Listing<OrderSummary>>, ApiError> {
     let (page, per_page) = (
         q.page.unwrap_or(1).max(1),

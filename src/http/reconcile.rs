@@ -9,14 +9,13 @@
 //!   (audit-logged).
 
 use super::error::ApiError;
-use super::extractor::{AdminUser, ApiJson};
+use super::extractor::{AdminUser, ApiJson, ApiQuery};
 use super::limits;
 use super::{AppState, Listing};
 use crate::reconcile::findings::{self, Finding, PassReport};
 use crate::reconcile::inventory::CategoryView;
 use crate::store::StoreError;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use serde::{Deserialize, Serialize};
@@ -58,9 +57,8 @@ pub async fn inventory(
     State(st): State<AppState>,
     _admin: AdminUser,
     Path(id): Path<i64>,
-    query: Result<Query<InventoryQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<InventoryQuery>,
 ) -> Result<Json<ProgramInventory>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let categories = st
         .reconciler
         .program_view(id, q.seats.unwrap_or(false))
@@ -94,9 +92,8 @@ pub struct FindingsQuery {
 pub async fn list(
     State(st): State<AppState>,
     _admin: AdminUser,
-    query: Result<Query<FindingsQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<FindingsQuery>,
 ) -> Result<Json<Listing<Finding>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     if let Some(status) = q.status.as_deref()
         && !findings::STATUSES.contains(&status)
     {
@@ -130,9 +127,8 @@ pub struct RunQuery {
 pub async fn run(
     State(st): State<AppState>,
     _admin: AdminUser,
-    query: Result<Query<RunQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<RunQuery>,
 ) -> Result<Json<PassReport>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
     let report = st.reconciler.pass("on_demand", q.program_id).await?;
     Ok(Json(report))
 }

@@ -182,3 +182,26 @@ async fn a_negative_quantity_is_a_422_naming_quantity() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_value_that_does_not_parse_is_a_422_naming_the_parameter() {
+    let app = spawn_app().await;
+    let (_, admin) = crate::helpers::signed_in_admin(&app).await;
+    let cases = [
+        ("/api/v1/programs?page=x", "page"),
+        ("/api/v1/programs/1/seats?show_time_id=abc", "show_time_id"),
+        ("/api/v1/orders?per_page=99999999999", "per_page"),
+        ("/api/v1/admin/programs/1/mq-messages?page=-1", "page"),
+        ("/api/v1/admin/programs/1/orders?user_id=me", "user_id"),
+        ("/api/v1/admin/programs/1/inventory?seats=maybe", "seats"),
+        ("/api/v1/admin/reconciliations?per_page=1.5", "per_page"),
+    ];
+    for (path, field) in cases {
+        let (status, body) = envelope(app.get_as(&admin, path).await).await;
+        assert_eq!(
+            (status, body["error"]["details"]["field"].clone()),
+            (422, json!(field)),
+            "{path}: {body}"
+        );
+    }
+}
