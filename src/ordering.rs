@@ -29,6 +29,7 @@ pub struct OrderRequest {
     /// ticket categories).
     pub show_time_id: Option<i64>,
     /// One real-name holder per ticket.
+    #[schema(min_items = 1)]
     pub ticket_buyer_ids: Vec<i64>,
     /// Chosen seats with the price the client saw.
     pub seats: Option<Vec<SeatChoice>>,

@@ -40,10 +40,17 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// `POST /api/v1/users` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Register {
+    /// 6 to 20 digits, optionally starting with `+` (spaces and dashes are ignored).
     mobile: Option<String>,
+    /// An email address; give it, the mobile, or both.
+    #[schema(format = Email)]
     email: Option<String>,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
+    /// Shown name.
     display_name: Option<String>,
+    /// Required while registrations surge (428 `CAPTCHA_REQUIRED`).
     captcha: Option<CaptchaAnswer>,
 }
 

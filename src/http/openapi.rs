@@ -172,6 +172,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_document_kinds_are_the_accepted_ones() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let pattern = &doc["components"]["schemas"]["NewTicketBuyer"]["properties"]["id_type"];
+        let kinds = crate::domain::identity::ID_TYPES.join("|");
+        assert_eq!(pattern["pattern"], format!("^({kinds})$"));
+    }
+
+    #[test]
     fn query_parameters_are_documented_in_the_query() {
         // A query struct without `parameter_in = Query` is documented as path parameters
         // that the path does not have: clients and fuzzers then never send them.

@@ -136,7 +136,8 @@ pub async fn run(
 /// An operator's resolution.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Handled {
-    /// What was done.
+    /// What was done, 1 to 2000 characters once trimmed.
+    #[schema(min_length = 1)]
     note: String,
 }
 

@@ -29,8 +29,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// `POST /api/v1/me/ticket-buyers` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewTicketBuyer {
+    /// Name on the document, 1 to 64 characters once trimmed.
+    #[schema(min_length = 1)]
     name: String,
+    /// Kind of document: one of `identity::ID_TYPES`.
+    #[schema(pattern = "^(id_card|passport|hk_macau_permit|taiwan_permit)$")]
     id_type: String,
+    /// Its number, checked for its kind.
+    #[schema(min_length = 1)]
     id_number: String,
 }
 
