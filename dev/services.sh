@@ -6,12 +6,14 @@
 #   dev/services.sh status  say what answers
 #
 # Idempotent. Reuses PostgreSQL on 5432 and Redis on 6379 when they already answer. Everything
-# comes from Debian packages, PyPI or crates.io. State lives under .data/ (git-ignored).
+# comes from Debian packages, PyPI (pulsar-lite, schemathesis), npm or crates.io. State lives
+# under .data/ (git-ignored).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="$ROOT/.data"
 PULSAR_LITE_VERSION="0.2.0"
+SCHEMATHESIS_VERSION="4.32.5"       # the API fuzz test (tests/api/fuzz.rs)
 PULSAR_LITE_ADDR="127.0.0.1:6651"   # the broker itself; only the bridge talks to it
 BRIDGE_ADDR="127.0.0.1:6650"        # what boxoffice and tests use: pulsar://127.0.0.1:6650
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -35,8 +37,9 @@ apt_install() {
 }
 
 ensure_toolchain() {
-    # protoc: the pulsar crate's build script needs it; libssl-dev: its TLS; python3-pip: pulsar-lite.
-    apt_install protobuf-compiler libssl-dev pkg-config gcc python3-pip curl ca-certificates
+    # protoc: the pulsar crate's build script needs it; libssl-dev: its TLS; python3-pip: pulsar-lite;
+    # python3-venv: schemathesis's own environment.
+    apt_install protobuf-compiler libssl-dev pkg-config gcc python3-pip python3-venv curl ca-certificates
     if ! command -v cargo >/dev/null; then
         echo "Rust (cargo) is required: install it with rustup (https://rustup.rs), then rerun." >&2
         exit 1
@@ -83,6 +86,20 @@ ensure_pulsar_lite_installed() {
     mkdir -p "$DATA/bin"
     install -m 0755 "$(find "$tmp/x" -path '*pulsar_lite/bin/pulsar-lite' | head -n1)" "$(pulsar_lite_bin)"
     rm -rf "$tmp"
+}
+
+schemathesis_bin() { echo "$DATA/schemathesis/bin/schemathesis"; }
+
+ensure_schemathesis() {
+    # A virtual environment of its own under .data: the fuzz test runs it by path, and nothing is
+    # installed into the machine's Python.
+    local bin; bin="$(schemathesis_bin)"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then return 0; fi
+    say "installing schemathesis $SCHEMATHESIS_VERSION from PyPI"
+    rm -rf "$DATA/schemathesis"
+    python3 -m venv "$DATA/schemathesis"
+    "$DATA/schemathesis/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
 start_daemon() { # name, log, command...
@@ -148,6 +165,7 @@ case "${1:-up}" in
         ensure_redis
         ensure_pulsar
         ensure_browser
+        ensure_schemathesis
         export PULSAR_LITE_BIN="$(pulsar_lite_bin)"
         say "services ready"
         ;;

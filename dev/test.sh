@@ -7,5 +7,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 dev/services.sh up
 export PULSAR_LITE_BIN="$ROOT/.data/bin/pulsar-lite"
+export SCHEMATHESIS_BIN="$ROOT/.data/schemathesis/bin/schemathesis"
 [ "${1:-}" = "--" ] && shift
 cargo test --workspace "$@"
