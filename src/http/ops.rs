@@ -25,7 +25,8 @@ pub struct Health {
     status: &'static str,
 }
 
-/// Readiness answer: each store and whether it answered.
+/// Readiness answer: `ready`, or `degraded` (Pulsar away, orders still taken), and each store
+/// and whether it answered the probe.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     status: &'static str,
@@ -41,13 +42,15 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// 200 only when PostgreSQL, Redis and Pulsar all answered the background probe's last round;
-/// 503 naming those that did not. Answers at once from the probe's flags
-/// ([`crate::store::health`]): a load balancer asking every second must not wait on a store
-/// that is down, nor add to the load of one that is struggling.
+/// 200 while PostgreSQL and Redis answered the background probe's last round — everything a
+/// buyer does needs them — with `status: "degraded"` when only Pulsar is away (orders still
+/// commit; their events wait in the outbox and are published when it returns, so taking the
+/// node out of rotation would help nobody); 503 naming the stores that are down otherwise.
+/// Answers at once from the probe's flags ([`crate::store::health`]): a load balancer asking
+/// every second must not wait on a store that is down, nor add to the load of one that struggles.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "All stores answer", body = Readiness),
-              (status = 503, description = "At least one store is down; details name it")))]
+    responses((status = 200, description = "Postgres and Redis answer; `degraded` if Pulsar does not", body = Readiness),
+              (status = 503, description = "Postgres or Redis is down; details name every store down")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let health = &state.stores.health;
     let word = |store: Store| if health.is_up(store) { "up" } else { "down" };
@@ -57,17 +60,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
         .filter(|s| !health.is_up(*s))
         .map(Store::name)
         .collect();
+    let serving = health.is_up(Store::Postgres) && health.is_up(Store::Redis);
     let report = Readiness {
-        status: if down.is_empty() {
-            "ready"
-        } else {
-            "not_ready"
+        status: match (serving, down.is_empty()) {
+            (true, true) => "ready",
+            (true, false) => "degraded",
+            (false, _) => "not_ready",
         },
         postgres: word(Store::Postgres),
         redis: word(Store::Redis),
         pulsar: word(Store::Pulsar),
     };
-    if down.is_empty() {
+    if serving {
         return Ok(Json(report));
     }
     Err(ApiError::unavailable("NOT_READY", format!("down: {}", down.join(", "))).with_details(json!({
