@@ -346,6 +346,9 @@ pub struct AccountSettings {
     pub bloom_hashes: u32,
     /// Ticket buyers one account may keep.
     pub max_ticket_buyers: u32,
+    /// Password hashes or checks running at once (0 = one per core); four per slot may wait,
+    /// more are refused with 503.
+    pub password_hash_concurrency: usize,
 }
 
 /// The catalog's read cache.

@@ -25,6 +25,48 @@ pub enum CryptoError {
     Hash(String),
 }
 
+/// Bounds the argon2 work of the process. Each hash or check holds about 19 MiB and a core for
+/// tens of milliseconds: at most `concurrent` run at once (one per core by default), and at
+/// most [`WAITING_PER_SLOT`] per slot wait for their turn — a short burst of sign-ins is served,
+/// a flood beyond that is refused at once (the caller answers 503) instead of queueing blocking
+/// work and memory without bound.
+#[derive(Clone)]
+pub struct PasswordWork {
+    running: std::sync::Arc<tokio::sync::Semaphore>,
+    admitted: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Requests that may wait per running slot (a few hashes' time, ~0.1 s each).
+pub const WAITING_PER_SLOT: usize = 4;
+
+impl PasswordWork {
+    /// At most `concurrent` hashes at once; 0 means one per core.
+    pub fn new(concurrent: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = if concurrent == 0 { cores } else { concurrent };
+        PasswordWork {
+            running: std::sync::Arc::new(tokio::sync::Semaphore::new(n)),
+            admitted: std::sync::Arc::new(tokio::sync::Semaphore::new(n * (1 + WAITING_PER_SLOT))),
+        }
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free; `None` at once when as many
+    /// requests already run or wait as the bound admits (or if the blocking task died).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let _admitted = self.admitted.clone().try_acquire_owned().ok()?;
+        let running = self.running.clone().acquire_owned().await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let _held = running;
+            work()
+        })
+        .await
+        .ok()
+    }
+}
+
 /// Hashes a password with argon2id and a random salt, as a PHC string.
 pub fn hash_password(password: &str) -> Result<String, CryptoError> {
     let salt = SaltString::generate(&mut OsRng);

@@ -112,9 +112,8 @@ pub async fn register(
         refuse_taken(&st, *handle).await?;
     }
     let password = body.password.clone();
-    let password_hash = tokio::task::spawn_blocking(move || crypto::hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
+    let password_hash = password_work(&st, move || crypto::hash_password(&password))
+        .await?
         .map_err(ApiError::internal)?;
     let display_name = body.display_name.as_deref().unwrap_or("").trim();
     let account = NewAccount {
@@ -229,6 +228,22 @@ pub struct Login {
     password: String,
 }
 
+/// Runs argon2 `work` within the process's bound; 503 `PASSWORD_WORK_BUSY` (retry in a second)
+/// when every slot is taken, so a flood of sign-ups or logins costs a refusal, not a queue of
+/// 19 MiB jobs.
+async fn password_work<T: Send + 'static>(
+    st: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    st.password_work.run(work).await.ok_or_else(|| {
+        metrics::counter!("password_work_refused_total").increment(1);
+        ApiError::unavailable(
+            "PASSWORD_WORK_BUSY",
+            "too many sign-ins at once; retry shortly",
+        )
+    })
+}
+
 /// Verifying against this when the login is unknown keeps the answer time the same either way.
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| crypto::hash_password("not-a-real-password").unwrap_or_default());
@@ -273,9 +288,7 @@ pub async fn login(
         .as_ref()
         .map_or(DUMMY_HASH.clone(), |r| r.password_hash.clone());
     let password = body.password;
-    let matches = tokio::task::spawn_blocking(move || crypto::verify_password(&password, &hash))
-        .await
-        .map_err(ApiError::internal)?;
+    let matches = password_work(&st, move || crypto::verify_password(&password, &hash)).await?;
     let Some(record) = record.filter(|r| matches && r.active) else {
         st.sessions.note_login_failure(&login).await?;
         return Err(ApiError::unauthenticated("wrong login or password"));

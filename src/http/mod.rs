@@ -77,6 +77,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Encrypts ticket buyers' id numbers.
     pub cipher: IdNumberCipher,
+    /// Bounds argon2 work (password hashes and checks) to the cores.
+    pub password_work: crate::crypto::PasswordWork,
     /// Catalog reads: in-process → Redis → Postgres.
     pub catalog: CatalogCache,
     /// Places orders.
@@ -162,6 +164,9 @@ impl AppState {
             bloom: HandleBloom::new(stores.redis.clone(), a.bloom_bits, a.bloom_hashes),
             limiter: RateLimiter::new(stores.redis.clone()),
             cipher: IdNumberCipher::new(settings.secrets.id_number_key_bytes()?),
+            password_work: crate::crypto::PasswordWork::new(
+                settings.accounts.password_hash_concurrency,
+            ),
             settings: Arc::new(settings),
             stores,
             metrics,

@@ -33,6 +33,7 @@ async fn account(app: &TestApp, email: &str, roles: &[&str], holders: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_buyers_and_an_operator_watch_one_sale_in_chromium() {
+    let _alone = crate::helpers::one_heavy_test_at_a_time().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
         root.join("web/tests/node_modules/playwright-core").exists(),

@@ -157,6 +157,7 @@ async fn schemathesis_finds_no_5xx_no_undocumented_answer_and_no_stray_error_sha
         bin.display()
     );
     // Per-IP buckets would answer most of the run 429, hiding the handlers behind them.
+    let _alone = crate::helpers::one_heavy_test_at_a_time().await;
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
     let (_, token) = signed_in_admin(&app).await;
     let known = seed(&app, &token).await;

@@ -631,6 +631,14 @@ pub async fn mint_buyers(pg: &PgPool, settings: &Settings, n: usize, holders: us
     out
 }
 
+/// Held by the tests that drive an external program at full speed against their server (the
+/// browser, schemathesis): on two cores, the two at once starved each other's servers for tens
+/// of seconds. Every other test still runs beside either.
+pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// `wait`'s output, or a failed test naming `what` once `limit` has passed: a wait that could
 /// hang (a call into a stuck actor, a message that never comes) must fail, not hang the suite.
 pub async fn within<T>(limit: Duration, what: &str, wait: impl Future<Output = T>) -> T {

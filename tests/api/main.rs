@@ -24,6 +24,7 @@ mod payments;
 mod reconcile;
 mod schema;
 mod seat_feed;
+mod security;
 mod seed;
 mod ticket_buyers;
 mod writer;
