@@ -470,6 +470,9 @@ pub struct DatabaseSettings {
     pub pool_size: usize,
     /// How long startup waits for a connection before failing.
     pub connect_timeout_ms: u64,
+    /// Longest any one statement may run on our sessions (Postgres cancels it): a slow query
+    /// cannot hold a pooled connection, and the locks it took, for longer. 0 = no limit.
+    pub statement_timeout_ms: u64,
 }
 
 /// Redis connection settings.

@@ -125,9 +125,10 @@ fn start_events(
         pg_config.application_name("boxoffice-relay");
         // The lease lives as long as this session: if the holder's machine vanishes, the
         // server must notice within seconds (not the OS default of hours) so another takes over.
-        pg_config.options(
-            "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
-        );
+        pg_config.options(format!(
+            "{} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+            store::postgres::session_options(&settings.database)
+        ));
         pg_config.keepalives_idle(std::time::Duration::from_secs(5));
         let relay = events::relay::Relay {
             settings: settings.events,

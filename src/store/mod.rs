@@ -315,8 +315,9 @@ impl Stores {
         // hash joins over sequential scans of every `orders` partition — kept for the life of
         // the connection, so a release batch read all orders, however many, in the expiry wave.
         let options = format!(
-            "-c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_generic_plan \
+            "{} -c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_generic_plan \
              -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off",
+            postgres::session_options(&settings.database),
             writer::WRITER_IDLE_IN_TRANSACTION.as_millis()
         );
         writer_config.options(options);

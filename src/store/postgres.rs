@@ -39,7 +39,14 @@ pub fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, 
         .map_err(|e| StoreError::config("database.url", e))?;
     pg_config.connect_timeout(settings.connect_timeout());
     pg_config.application_name("boxoffice");
+    pg_config.options(session_options(settings));
     Ok(pg_config)
+}
+
+/// Startup options every session of ours gets; callers that set their own options extend
+/// these rather than replace them.
+pub fn session_options(settings: &DatabaseSettings) -> String {
+    format!("-c statement_timeout={}", settings.statement_timeout_ms)
 }
 
 /// A pool of at most `size` connections to `pg_config`; waiting longer than `timeout` for one
@@ -86,9 +93,13 @@ pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), StoreError> {
 /// refinery records applied versions and skips them.
 pub async fn migrate(pool: &PgPool) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
+    // A migration may rewrite a big table: it is not bound by the request timeout. The session
+    // goes back to the pool, so the timeout is restored after.
+    client.batch_execute("SET statement_timeout = 0").await?;
     let report = embedded::migrations::runner()
         .run_async(&mut **client)
         .await?;
+    client.batch_execute("RESET statement_timeout").await?;
     Ok(report.applied_migrations().len())
 }
 

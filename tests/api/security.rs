@@ -39,3 +39,24 @@ async fn a_password_hash_flood_is_refused_beyond_the_bound_not_queued() {
     );
     assert!(answers.iter().any(|a| a.0 == 201), "the slot still serves");
 }
+
+/// A slow query (a search flood's, a bug's) cannot hold a pooled connection and its locks for
+/// long: Postgres cancels any statement of ours past `database.statement_timeout_ms`.
+#[tokio::test]
+async fn every_session_of_ours_has_a_statement_timeout() {
+    let (_db, _, mut settings) = crate::helpers::TestDb::migrated().await;
+    settings.database.statement_timeout_ms = 200;
+    let pool = boxoffice::store::postgres::connect(&settings.database)
+        .await
+        .unwrap();
+    let client = pool.get().await.unwrap();
+    let started = std::time::Instant::now();
+    let slow = client.simple_query("SELECT pg_sleep(5)").await;
+    let error = slow.expect_err("the statement must be cancelled");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{error}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
