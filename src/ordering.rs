@@ -127,6 +127,7 @@ impl Ordering {
         self.check_program_rules(req, &program, n)?;
         let show_time_id = show_time_of(req, &program)?;
         self.check_show_not_started(&program, show_time_id)?;
+        check_total_fits(req, &program)?;
         let plan = self.plan(req, &program, show_time_id).await?;
         let now = self.clock.now();
         let order_no = self.ids.next(user_id, now.timestamp_millis());
@@ -410,6 +411,28 @@ fn validate_shape(req: &OrderRequest) -> Result<usize, OrderError> {
     }
 }
 
+/// The order's total in minor units fits an `i64`, prices are not negative: checked before any
+/// seat is reserved, so [`build_order`]'s sum cannot overflow.
+fn check_total_fits(req: &OrderRequest, program: &ProgramDetail) -> Result<(), OrderError> {
+    let too_big = || OrderError::Invalid("seats", "the order's total is out of range".into());
+    let total = match (&req.seats, req.ticket_category_id) {
+        (Some(seats), _) => seats.iter().try_fold(0i64, |sum, s| {
+            (s.price_cents >= 0).then_some(())?;
+            sum.checked_add(s.price_cents)
+        }),
+        (None, Some(category)) => program
+            .ticket_categories
+            .iter()
+            .find(|c| c.id == category)
+            .map_or(Some(0), |c| {
+                c.price_cents
+                    .checked_mul(i64::from(req.quantity.unwrap_or(0)))
+            }),
+        (None, None) => Some(0),
+    };
+    total.map(|_| ()).ok_or_else(too_big)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_order(
     user_id: i64,
@@ -449,7 +472,10 @@ fn build_order(
     for (ticket, buyer) in units.iter_mut().zip(&req.ticket_buyer_ids) {
         ticket.ticket_buyer_id = *buyer;
     }
-    let total_cents = units.iter().map(|t| t.price_cents).sum();
+    // Checked before reserving ([`check_total_fits`]); saturating all the same.
+    let total_cents = units
+        .iter()
+        .fold(0i64, |sum, t| sum.saturating_add(t.price_cents));
     // Validated before anything was reserved.
     let show_time_id = show_time_of(req, program).ok();
     let seat_of = |id: i64| {

@@ -60,3 +60,29 @@ async fn every_session_of_ours_has_a_statement_timeout() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
+
+/// Prices a client sends are summed in checked arithmetic before anything is reserved: a total
+/// past `i64` or a negative price is a 422, never an overflow (a panic, or a wrapped total).
+#[tokio::test]
+async fn an_order_whose_total_overflows_is_refused_before_it_takes_seats() {
+    use crate::helpers::{buyers, code, on_sale, order, seat_ids};
+    let app = crate::helpers::spawn_app().await;
+    let (program, _, _) = on_sale(&app, 6, 6).await;
+    let buyer = buyers(&app, 1, 2).await.remove(0);
+    let seats = seat_ids(&app, program).await;
+    for (price, key) in [(i64::MAX, "huge"), (-1, "negative")] {
+        let body = json!({"program_id": program, "ticket_buyer_ids": buyer.buyers,
+            "seats": [{"seat_id": seats[0].0, "price_cents": price}, {"seat_id": seats[1].0, "price_cents": price}]});
+        let r = order(&app, &buyer.token, key, &body).await;
+        assert_eq!(
+            code(r).await,
+            (422, "VALIDATION".to_string()),
+            "price {price}"
+        );
+    }
+    let after = seat_ids(&app, program).await;
+    assert!(
+        after.iter().all(|s| s.1 == "available"),
+        "nothing was taken"
+    );
+}
