@@ -61,6 +61,19 @@ pub fn check_password(password: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Longest display name, in characters: enough for any real name, and a bound on what one
+/// account stores and every page shows.
+pub const MAX_DISPLAY_NAME: usize = 64;
+
+/// Display names: at most [`MAX_DISPLAY_NAME`] characters, trimmed.
+pub fn check_display_name(name: &str) -> Result<&str, Invalid> {
+    let name = name.trim();
+    if name.chars().count() > MAX_DISPLAY_NAME {
+        return Err(invalid("display_name", "must be at most 64 characters"));
+    }
+    Ok(name)
+}
+
 /// Kinds of identity document a ticket buyer may present.
 pub const ID_TYPES: [&str; 4] = ["id_card", "passport", "hk_macau_permit", "taiwan_permit"];
 

@@ -48,7 +48,8 @@ pub struct Register {
     /// 8 to 128 characters.
     #[schema(min_length = 8, max_length = 128)]
     password: String,
-    /// Shown name.
+    /// Shown name, at most 64 characters.
+    #[schema(max_length = 64)]
     display_name: Option<String>,
     /// Required while registrations surge (428 `CAPTCHA_REQUIRED`).
     captcha: Option<CaptchaAnswer>,
@@ -101,6 +102,7 @@ pub async fn register(
         ));
     }
     identity::check_password(&body.password)?;
+    let display_name = identity::check_display_name(body.display_name.as_deref().unwrap_or(""))?;
     let handles: Vec<Handle> = [
         mobile.as_deref().map(Handle::Mobile),
         email.as_deref().map(Handle::Email),
@@ -115,7 +117,6 @@ pub async fn register(
     let password_hash = password_work(&st, move || crypto::hash_password(&password))
         .await?
         .map_err(ApiError::internal)?;
-    let display_name = body.display_name.as_deref().unwrap_or("").trim();
     let account = NewAccount {
         mobile: mobile.as_deref(),
         email: email.as_deref(),

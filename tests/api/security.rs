@@ -86,3 +86,21 @@ async fn an_order_whose_total_overflows_is_refused_before_it_takes_seats() {
         "nothing was taken"
     );
 }
+
+/// Every stored text has a bound: a 10,000-character display name is a 422 naming the field.
+#[tokio::test]
+async fn a_display_name_past_its_bound_is_refused() {
+    let app = crate::helpers::spawn_app().await;
+    let long = "x".repeat(10_000);
+    let body =
+        json!({"email": "long@example.com", "password": "long enough", "display_name": long});
+    let r = app.post("/api/v1/users", None, &body).await;
+    assert_eq!(r.status(), 422);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["error"]["details"]["field"], "display_name",
+        "{answer}"
+    );
+    let fits = json!({"email": "fits@example.com", "password": "long enough", "display_name": "x".repeat(64)});
+    assert_eq!(app.post("/api/v1/users", None, &fits).await.status(), 201);
+}
