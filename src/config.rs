@@ -332,7 +332,8 @@ impl WriterConfig {
 pub struct AccountSettings {
     /// Session token lifetime.
     pub token_ttl_secs: u64,
-    /// Wrong passwords for one login within a minute before further attempts get 429.
+    /// Login attempts of one login from one client within a minute (counted before the password
+    /// is checked); further attempts get 429, each waiting twice as long as the one before.
     pub login_failures_per_minute: u32,
     /// Registrations per second (all nodes, counted in Redis) above which a captcha is required.
     pub surge_registrations_per_sec: u32,
@@ -447,6 +448,10 @@ pub struct ServerSettings {
     /// to start with anything only fit for a developer's machine ([`Settings::production_problems`]).
     #[serde(default)]
     pub environment: Environment,
+    /// Proxies (load balancers) whose `X-Forwarded-For` names the client: rate limits and login
+    /// throttling count that client instead of the proxy. Empty: the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Where the server runs.

@@ -266,6 +266,7 @@ pub struct Session {
         (status = 429, description = "Too many wrong passwords")))]
 pub async fn login(
     State(st): State<AppState>,
+    client: limits::ClientIp,
     ApiJson(body): ApiJson<Login>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
     let is_email = body.login.contains('@');
@@ -276,13 +277,18 @@ pub async fn login(
     }
     .map_err(|_| ApiError::validation("login", "is neither a mobile number nor an email"))?;
     let limit = st.settings.accounts.login_failures_per_minute;
-    if let Some(wait) = st.sessions.login_blocked_for(&login, limit).await? {
+    // Counted before the password is checked: a parallel burst gets its allowance, no more.
+    if let Some(wait_ms) = st
+        .sessions
+        .begin_login_attempt(&login, &client.0, limit)
+        .await?
+    {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "TOO_MANY_ATTEMPTS",
-            "too many wrong passwords; wait a minute",
+            "too many attempts from here; wait, each further try doubles the wait",
         )
-        .retry_after(wait));
+        .retry_after(wait_ms.div_ceil(1000).max(1)));
     }
     let record = users::find_login(&st.stores.pg, &login, is_email).await?;
     let hash = record
@@ -291,10 +297,9 @@ pub async fn login(
     let password = body.password;
     let matches = password_work(&st, move || crypto::verify_password(&password, &hash)).await?;
     let Some(record) = record.filter(|r| matches && r.active) else {
-        st.sessions.note_login_failure(&login).await?;
         return Err(ApiError::unauthenticated("wrong login or password"));
     };
-    st.sessions.clear_login_failures(&login).await?;
+    st.sessions.login_succeeded(&login, &client.0).await?;
     let (token, claims) = st
         .tokens
         .issue(record.user_id, record.roles, Utc::now())

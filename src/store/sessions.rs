@@ -24,14 +24,28 @@ static NOTE_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Counts a wrong password within a one-minute window that starts at the first failure.
-static NOTE_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: the (login, client) attempt counter, its back-off marker; ARGV: attempts allowed per
+/// minute, first back-off (ms), longest back-off (ms). Counts the attempt *before* answering,
+/// in one step, so a parallel burst cannot slip past the check: 0 (go on and check the
+/// password), or the milliseconds to wait. Past the allowance each attempt doubles the wait.
+static LOGIN_ATTEMPT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
-        "local n = redis.call('INCR', KEYS[1])
+        "local wait = redis.call('PTTL', KEYS[2])
+         if wait > 0 then return wait end
+         local n = redis.call('INCR', KEYS[1])
          if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
-         return n",
+         local over = n - tonumber(ARGV[1])
+         if over <= 0 then return 0 end
+         local backoff = math.min(tonumber(ARGV[2]) * 2 ^ (over - 1), tonumber(ARGV[3]))
+         redis.call('SET', KEYS[2], '1', 'PX', math.floor(backoff))
+         return math.floor(backoff)",
     )
 });
+
+/// First wait once a (login, client) has used its attempts; doubles with each further try.
+const FIRST_BACKOFF_MS: i64 = 1_000;
+/// Longest wait, however many tries.
+const MAX_BACKOFF_MS: i64 = 15 * 60 * 1_000;
 
 /// Handle on the Redis side of accounts.
 #[derive(Clone)]
@@ -86,39 +100,44 @@ impl SessionGuard {
         Ok(revoked)
     }
 
-    /// Seconds until `login` may try again, if it has used up its wrong passwords.
-    pub async fn login_blocked_for(
+    /// Counts a login attempt of `login` from `client` (atomically, before its password is
+    /// checked); `Some(ms)` to wait when it is over its allowance. Keyed per client, so a
+    /// stranger hammering someone's login cannot lock its owner out elsewhere.
+    pub async fn begin_login_attempt(
         &self,
         login: &str,
+        client: &str,
         limit: u32,
     ) -> Result<Option<u64>, StoreError> {
-        let key = self.failure_key(login);
-        let n: Option<i64> = self.client()?.get(&key).await.map_err(redis_error)?;
-        if n.unwrap_or(0) < limit as i64 {
-            return Ok(None);
-        }
-        let ttl: i64 = self.client()?.ttl(&key).await.map_err(redis_error)?;
-        Ok(Some(ttl.max(1) as u64))
+        let keys = self.attempt_keys(login, client);
+        let args = vec![
+            Value::from(limit as i64),
+            Value::from(FIRST_BACKOFF_MS),
+            Value::from(MAX_BACKOFF_MS),
+        ];
+        let wait: i64 = self
+            .redis
+            .script(&LOGIN_ATTEMPT, keys.to_vec(), args)
+            .await?;
+        Ok((wait > 0).then_some(wait as u64))
     }
 
-    /// Records a wrong password for `login`.
-    pub async fn note_login_failure(&self, login: &str) -> Result<(), StoreError> {
-        self.redis
-            .script::<i64>(&NOTE_FAILURE, vec![self.failure_key(login)], vec![])
-            .await
-            .map(|_| ())
-    }
-
-    /// Forgets wrong passwords after a successful login.
-    pub async fn clear_login_failures(&self, login: &str) -> Result<(), StoreError> {
+    /// Forgets `login`'s attempts from `client` after a successful login.
+    pub async fn login_succeeded(&self, login: &str, client: &str) -> Result<(), StoreError> {
+        let keys = self.attempt_keys(login, client);
         self.client()?
-            .del::<(), _>(self.failure_key(login))
+            .del::<(), _>(keys.to_vec())
             .await
             .map_err(redis_error)
     }
 
-    fn failure_key(&self, login: &str) -> String {
-        self.redis.key(&format!("sessions:failures:{login}"))
+    fn attempt_keys(&self, login: &str, client: &str) -> [String; 2] {
+        [
+            self.redis
+                .key(&format!("sessions:attempts:{login}:{client}")),
+            self.redis
+                .key(&format!("sessions:backoff:{login}:{client}")),
+        ]
     }
 
     /// Counts one registration attempt; true if a captcha is required for it.

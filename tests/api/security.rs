@@ -10,6 +10,7 @@ use serde_json::json;
 async fn a_password_hash_flood_is_refused_beyond_the_bound_not_queued() {
     let app = spawn_app_with(|s| {
         s.accounts.password_hash_concurrency = 1;
+        s.accounts.login_failures_per_minute = 1_000; // the bound under test, not the throttle
         s.rate_limit.enabled = false;
     })
     .await;
@@ -103,4 +104,56 @@ async fn a_display_name_past_its_bound_is_refused() {
     );
     let fits = json!({"email": "fits@example.com", "password": "long enough", "display_name": "x".repeat(64)});
     assert_eq!(app.post("/api/v1/users", None, &fits).await.status(), 201);
+}
+
+/// A login from `client` (as a trusted proxy names it); the status and error code.
+async fn login_from(
+    app: &crate::helpers::TestApp,
+    client: &str,
+    login: &str,
+    password: &str,
+) -> (u16, String) {
+    let r = app
+        .http
+        .post(format!("{}/api/v1/sessions", app.address))
+        .header("x-forwarded-for", client)
+        .json(&json!({ "login": login, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::code(r).await
+}
+
+/// Issue: the wrong-password throttle checked before it counted (a parallel burst got
+/// through) and counted per login only (anyone could lock anyone out).
+#[tokio::test]
+async fn a_burst_of_wrong_passwords_gets_its_allowance_only_and_locks_out_nobody_else() {
+    let app = spawn_app_with(|s| {
+        s.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.rate_limit.enabled = false;
+    })
+    .await;
+    let email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    app.register(&email, "correct horse battery").await;
+    let attacker = "203.0.113.5";
+    let burst = (0..50).map(|_| login_from(&app, attacker, &email, "wrong guess 123"));
+    let answers = futures::future::join_all(burst).await;
+    let checked = answers.iter().filter(|a| a.0 == 401).count();
+    let throttled = answers
+        .iter()
+        .filter(|a| *a == &(429, "TOO_MANY_ATTEMPTS".to_string()))
+        .count();
+    let allowance = app.settings.accounts.login_failures_per_minute as usize;
+    assert!(
+        checked <= allowance,
+        "{checked} passwords checked, allowance {allowance}"
+    );
+    assert_eq!(checked + throttled, 50, "{answers:?}");
+    let owner = login_from(&app, "198.51.100.20", &email, "correct horse battery").await;
+    assert_eq!(owner.0, 201, "the owner signs in from elsewhere: {owner:?}");
+    let guessed = login_from(&app, attacker, &email, "correct horse battery").await;
+    assert_eq!(
+        guessed.0, 429,
+        "the attacker's client still waits, right password or not"
+    );
 }
