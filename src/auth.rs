@@ -18,6 +18,10 @@ pub struct Claims {
     pub roles: Vec<String>,
     /// Issued at (Unix seconds).
     pub iat: i64,
+    /// Issued at (Unix milliseconds): compared with the holder's sign-out stamp, which a
+    /// second's precision would leave ambiguous for a token issued right after it.
+    #[serde(default)]
+    pub iat_ms: i64,
     /// Expires at (Unix seconds).
     pub exp: i64,
 }
@@ -70,6 +74,7 @@ impl TokenKeys {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             roles,
             iat: now.timestamp(),
+            iat_ms: now.timestamp_millis(),
             exp: now.timestamp() + self.ttl_secs,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

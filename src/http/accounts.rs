@@ -29,6 +29,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::auth));
     let account = Router::new()
         .route("/api/v1/sessions/current", delete(logout))
+        .route("/api/v1/sessions", delete(sign_out_everywhere))
         .route("/api/v1/me", get(me))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -320,6 +321,19 @@ pub async fn login(
 pub async fn logout(State(st): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     let ttl = user.0.exp - Utc::now().timestamp();
     st.sessions.revoke(&user.0.jti, ttl).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/sessions`: every token of the caller issued until now stops working, on
+/// every node (a lost phone, a shared computer); the caller signs in again for a new one.
+#[utoipa::path(delete, path = "/api/v1/sessions", tag = "accounts", operation_id = "sign_out_everywhere",
+    responses((status = 204, description = "Every session of the caller ended"), (status = 401, description = "Not signed in")))]
+pub async fn sign_out_everywhere(
+    State(st): State<AppState>,
+    user: AuthUser,
+) -> Result<StatusCode, ApiError> {
+    let ttl = st.settings.accounts.token_ttl_secs as i64;
+    st.sessions.sign_out_everywhere(user.0.sub, ttl).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

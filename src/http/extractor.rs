@@ -208,7 +208,7 @@ impl AuthUser {
             .tokens
             .verify(token)
             .map_err(|_| ApiError::unauthenticated("the token is invalid or expired"))?;
-        if state.sessions.is_revoked(&claims.jti).await? {
+        if state.sessions.is_signed_out(&claims).await? {
             return Err(ApiError::unauthenticated("the token was signed out"));
         }
         Ok(AuthUser(claims))

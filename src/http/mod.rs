@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod admin_orders;
+pub mod admin_users;
 pub mod catalog;
 pub mod error;
 pub mod extractor;
@@ -258,6 +259,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router(&state))
         .merge(mq::router(&state))
         .merge(admin_orders::router(&state))
+        .merge(admin_users::router(&state))
         .merge(reconcile::router(&state))
         .merge(ws_admin::router(&state))
         .merge(web::router())

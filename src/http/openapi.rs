@@ -28,6 +28,8 @@ use utoipa::{Modify, OpenApi};
         accounts::new_challenge,
         accounts::login,
         accounts::logout,
+        accounts::sign_out_everywhere,
+        super::admin_users::set_access,
         accounts::me,
         ticket_buyers::create,
         ticket_buyers::list,

@@ -140,6 +140,8 @@ pub async fn place(
     let owner = Owner::unique();
     let gate = OrderGate {
         revoked_key: st.sessions.revoked_key(&claims.jti),
+        stamp_key: st.sessions.stamp_key(user_id),
+        issued_at_ms: claims.iat_ms,
         user_id,
         key: &key,
         in_flight_secs: IN_FLIGHT_SECS,

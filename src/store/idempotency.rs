@@ -50,9 +50,9 @@ pub async fn lookup(
     }))
 }
 
-/// KEYS: the token's revocation marker, the key's marker, then the rate-limit buckets; ARGV:
-/// the marker's lifetime (s), this request's owner name, its lease (ms), then (burst, rate) per
-/// bucket. Answers 0 (the key is now `busy` under this owner: go on), -1 signed out, -2 in
+/// KEYS: the token's revocation marker, the key's marker, the holder's sign-out stamp, then the
+/// rate-limit buckets; ARGV: the marker's lifetime (s), this request's owner name, its lease
+/// (ms), the token's issue time (ms), then (burst, rate) per bucket. Answers 0 (the key is now `busy` under this owner: go on), -1 signed out, -2 in
 /// flight under a live lease, -3 answered (look the answer up), -4 taken over from an owner
 /// whose lease lapsed (look the answer up; none means go on), or the milliseconds to wait for
 /// a rate-limit token.
@@ -64,8 +64,9 @@ static ORDER_GATE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(format!(
         "{TAKE_FUNCTION}
          if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-         for i = 3, #KEYS do
-             local wait = take(KEYS[i], tonumber(ARGV[2 * i - 2]), tonumber(ARGV[2 * i - 1]))
+         if tonumber(redis.call('GET', KEYS[3]) or '0') > tonumber(ARGV[4]) then return -1 end
+         for i = 4, #KEYS do
+             local wait = take(KEYS[i], tonumber(ARGV[2 * i - 3]), tonumber(ARGV[2 * i - 2]))
              if wait > 0 then return wait end
          end
          local marker = redis.call('GET', KEYS[2])
@@ -148,6 +149,10 @@ impl Owner {
 pub struct OrderGate<'a> {
     /// Revocation marker of the caller's token (`SessionGuard::revoked_key`).
     pub revoked_key: String,
+    /// The caller's sign-out stamp (`SessionGuard::stamp_key`).
+    pub stamp_key: String,
+    /// When the caller's token was issued (ms): older than the stamp means signed out.
+    pub issued_at_ms: i64,
     /// The caller.
     pub user_id: i64,
     /// The `Idempotency-Key`.
@@ -167,11 +172,13 @@ pub async fn open_order_gate(redis: &RedisStore, gate: &OrderGate<'_>) -> Result
     let mut keys = vec![
         gate.revoked_key.clone(),
         marker_key(redis, gate.user_id, gate.key),
+        gate.stamp_key.clone(),
     ];
     let mut args = vec![
         Value::from(gate.in_flight_secs),
         Value::from(gate.owner.0.as_str()),
         Value::from(gate.lease_ms as i64),
+        Value::from(gate.issued_at_ms),
     ];
     for (name, bucket) in &gate.buckets {
         keys.push(bucket_key(redis, name));

@@ -80,11 +80,36 @@ impl SessionGuard {
         self.redis.key(&format!("sessions:revoked:{jti}"))
     }
 
-    /// Whether token `jti` was revoked (checked on every authenticated request).
-    pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let key = self.revoked_key(jti);
-        let n: i64 = self.client()?.exists(key).await.map_err(redis_error)?;
-        Ok(n > 0)
+    /// Whether the token is signed out: itself (`jti`), or every token of its holder issued
+    /// before the holder's stamp ([`Self::sign_out_everywhere`]); one round trip, on every
+    /// authenticated request.
+    pub async fn is_signed_out(&self, claims: &crate::auth::Claims) -> Result<bool, StoreError> {
+        let keys = vec![self.revoked_key(&claims.jti), self.stamp_key(claims.sub)];
+        let found: Vec<Option<i64>> = self.client()?.mget(keys).await.map_err(redis_error)?;
+        let revoked = found.first().is_some_and(Option::is_some);
+        let stamp = found.get(1).copied().flatten().unwrap_or(0);
+        Ok(revoked || claims.iat_ms < stamp)
+    }
+
+    /// Ends every session of `user_id` issued until now — its own sign-out everywhere, or an
+    /// operator changing its roles or status (the next request of an old token is a 401, and a
+    /// new login carries the new roles). Kept as long as a token can live.
+    pub async fn sign_out_everywhere(
+        &self,
+        user_id: i64,
+        token_ttl_secs: i64,
+    ) -> Result<(), StoreError> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let ttl = Expiration::EX(token_ttl_secs.max(1));
+        self.client()?
+            .set::<(), _, _>(self.stamp_key(user_id), now_ms, Some(ttl), None, false)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// The Redis key of `user_id`'s sign-out stamp (the order gate reads it in its script).
+    pub fn stamp_key(&self, user_id: i64) -> String {
+        self.redis.key(&format!("sessions:stamp:{user_id}"))
     }
 
     /// Which of `jtis` were revoked: one MGET per few hundred tokens, for the open buyer

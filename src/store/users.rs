@@ -269,3 +269,51 @@ pub async fn profile(pool: &PgPool, user_id: i64) -> Result<Option<Profile>, Sto
         roles: r.get(3),
     }))
 }
+
+/// What an operator sets on an account: its roles and whether it may sign in.
+pub struct Access<'a> {
+    /// Every role the account keeps (`buyer`, `admin`); the others are taken away.
+    pub roles: &'a [String],
+    /// `false` disables the account: it can no longer sign in.
+    pub active: bool,
+}
+
+/// Replaces `user_id`'s roles and status in one transaction with its audit entry by
+/// `admin_id`; `NotFound` if there is no such user.
+pub async fn set_access(
+    pool: &PgPool,
+    admin_id: i64,
+    user_id: i64,
+    access: &Access<'_>,
+) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let status = if access.active { "active" } else { "disabled" };
+    let found = tx
+        .execute(
+            "UPDATE users SET status = $2 WHERE id = $1",
+            &[&user_id, &status],
+        )
+        .await?;
+    if found == 0 {
+        return Err(StoreError::NotFound(format!("user {user_id}")));
+    }
+    tx.execute("DELETE FROM user_roles WHERE user_id = $1", &[&user_id])
+        .await?;
+    tx.execute(
+        "INSERT INTO user_roles (user_id, role) SELECT $1, unnest($2::text[])",
+        &[&user_id, &access.roles],
+    )
+    .await?;
+    let details = serde_json::json!({ "roles": access.roles, "status": status });
+    super::audit::record(
+        &tx,
+        admin_id,
+        "set_access",
+        &format!("user:{user_id}"),
+        &details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

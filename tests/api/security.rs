@@ -157,3 +157,116 @@ async fn a_burst_of_wrong_passwords_gets_its_allowance_only_and_locks_out_nobody
         "the attacker's client still waits, right password or not"
     );
 }
+
+/// `PUT /api/v1/admin/users/{id}/access` as `admin`.
+async fn set_access(
+    app: &crate::helpers::TestApp,
+    admin: &str,
+    user: i64,
+    body: serde_json::Value,
+) -> u16 {
+    let r = app
+        .http
+        .put(format!("{}/api/v1/admin/users/{user}/access", app.address))
+        .bearer_auth(admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
+/// Issue: roles and status were frozen in the token for 24 h (a demoted admin stayed admin).
+#[tokio::test]
+async fn a_demoted_admin_is_refused_at_once_and_signs_in_again_as_a_buyer() {
+    use crate::helpers::signed_in_admin;
+    let app = crate::helpers::spawn_app().await;
+    let (_, boss) = signed_in_admin(&app).await;
+    let (demoted, old_token) = signed_in_admin(&app).await;
+    let admin_page = "/api/v1/admin/programs/1/orders";
+    assert_ne!(
+        app.get_as(&old_token, admin_page).await.status(),
+        403,
+        "an admin before"
+    );
+    let buyer_only = json!({"roles": ["buyer"], "status": "active"});
+    assert_eq!(set_access(&app, &boss, demoted, buyer_only).await, 200);
+    assert_eq!(
+        app.get_as(&old_token, admin_page).await.status(),
+        401,
+        "the old token is over"
+    );
+    let login: serde_json::Value = app
+        .post(
+            "/api/v1/sessions",
+            None,
+            &json!({"login": email_of(&app, demoted).await, "password": "admin password"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let new_token = login["token"].as_str().unwrap();
+    assert_eq!(
+        app.get_as(new_token, admin_page).await.status(),
+        403,
+        "a buyer now"
+    );
+    assert_eq!(app.get_as(new_token, "/api/v1/me").await.status(), 200);
+    let disabled = json!({"roles": ["buyer"], "status": "disabled"});
+    assert_eq!(set_access(&app, &boss, demoted, disabled).await, 200);
+    assert_eq!(
+        app.get_as(new_token, "/api/v1/me").await.status(),
+        401,
+        "disabled: out at once"
+    );
+}
+
+async fn email_of(app: &crate::helpers::TestApp, user: i64) -> String {
+    let sql = "SELECT email FROM user_emails WHERE user_id = $1";
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[&user])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `DELETE /api/v1/sessions` ends every token of the caller, the order path's included.
+#[tokio::test]
+async fn signing_out_everywhere_ends_every_token_of_the_caller() {
+    use crate::helpers::{buyers, code, on_sale, order};
+    let app = crate::helpers::spawn_app().await;
+    let (program, _, floor) = on_sale(&app, 6, 6).await;
+    let email = format!("everywhere-{}@example.com", uuid::Uuid::new_v4().simple());
+    app.register(&email, "correct horse battery").await;
+    let phone = app.login(&email, "correct horse battery").await;
+    let laptop = app.login(&email, "correct horse battery").await;
+    let other = buyers(&app, 1, 1).await.remove(0);
+    assert_eq!(
+        app.delete_as(&phone, "/api/v1/sessions").await.status(),
+        204
+    );
+    for token in [&phone, &laptop] {
+        assert_eq!(app.get_as(token, "/api/v1/me").await.status(), 401);
+        let body = json!({"program_id": program, "ticket_category_id": floor, "quantity": 1, "ticket_buyer_ids": [1]});
+        assert_eq!(
+            code(order(&app, token, "k", &body).await).await.0,
+            401,
+            "the order gate too"
+        );
+    }
+    let fresh = app.login(&email, "correct horse battery").await;
+    assert_eq!(
+        app.get_as(&fresh, "/api/v1/me").await.status(),
+        200,
+        "a new sign-in works"
+    );
+    assert_eq!(
+        app.get_as(&other.token, "/api/v1/me").await.status(),
+        200,
+        "nobody else is affected"
+    );
+}
