@@ -59,7 +59,7 @@ impl Default for Options {
 }
 
 /// Seats per row of the hot category.
-pub(super) const SEATS_PER_ROW: i32 = 40;
+pub const SEATS_PER_ROW: i32 = 40;
 
 /// The JSON summary (`bench-results/ordering.json`).
 #[derive(Debug, Clone, Serialize)]
@@ -116,10 +116,13 @@ pub struct ModeRun {
 }
 
 /// A buyer: token and their ticket buyers (the first is the one `bench ordering` uses).
-pub(super) struct Racer {
-    pub(super) token: String,
-    pub(super) ticket_buyer: i64,
-    pub(super) ticket_buyers: Vec<i64>,
+pub struct Racer {
+    /// A bearer token of the account.
+    pub token: String,
+    /// Its first ticket buyer.
+    pub ticket_buyer: i64,
+    /// All its ticket buyers.
+    pub ticket_buyers: Vec<i64>,
 }
 
 /// Runs the benchmark on a scratch database (dropped at the end).
@@ -409,7 +412,7 @@ pub(super) async fn mint_racers(
 }
 
 /// `n` accounts with `holders` passport-holders each (see [`mint_racers`]).
-pub(super) async fn mint_racers_with(
+pub async fn mint_racers_with(
     pool: &PgPool,
     settings: &Settings,
     n: usize,
@@ -467,7 +470,7 @@ pub(super) async fn mint_racers_with(
 }
 
 /// A program on sale with one seated category of `rows` × 40 seats.
-pub(super) async fn hot_program(pool: &PgPool, rows: i32, tag: &str) -> anyhow::Result<(i64, i64)> {
+pub async fn hot_program(pool: &PgPool, rows: i32, tag: &str) -> anyhow::Result<(i64, i64)> {
     let area = catalog::ensure_area(pool, "Bench City").await?;
     let genre = catalog::ensure_program_category(pool, None, "Concert").await?;
     let program = NewProgram {

@@ -143,7 +143,10 @@ async fn run_on(scratch: &Scratch, opts: &Options) -> anyhow::Result<Report> {
 }
 
 /// An admin account and a token for it, written directly (the accounts API is not measured).
-async fn admin_token(pool: &crate::store::PgPool, settings: &Settings) -> anyhow::Result<String> {
+pub async fn admin_token(
+    pool: &crate::store::PgPool,
+    settings: &Settings,
+) -> anyhow::Result<String> {
     let client = pool.get().await?;
     let id: i64 = client
         .query_one(
