@@ -6,6 +6,8 @@ use boxoffice::{bench, seed, store, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod chaos;
+
 /// boxoffice — ticketing engine for high-demand on-sales.
 #[derive(Parser, Debug)]
 #[command(name = "boxoffice", version, about, long_about = None)]
@@ -52,6 +54,9 @@ enum Command {
     /// Order events on Pulsar.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The fault suite: own stores, a server process and buyers; kill -9, Redis, Postgres and
+    /// broker outages; checks after each; prints a table and fails when a check does.
+    Chaos(chaos::Options),
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +216,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(which) => {
             tokio::runtime::Runtime::new()?.block_on(run_bench(which, settings))
         }
+        Command::Chaos(options) => {
+            tokio::runtime::Runtime::new()?.block_on(chaos::main(options, settings))
+        }
         Command::Events(EventsCommand::Tail {
             event_type,
             program,
@@ -289,7 +297,7 @@ async fn run_admin_command(command: Command, settings: Settings) -> anyhow::Resu
             .await?;
             println!("admin {email} has user id {id}");
         }
-        Command::Serve | Command::Bench(_) | Command::Events(_) => {
+        Command::Serve | Command::Bench(_) | Command::Events(_) | Command::Chaos(_) => {
             unreachable!("handled in main")
         }
     }
