@@ -13,6 +13,7 @@ mod browser;
 mod catalog;
 mod crash;
 mod events;
+mod faults;
 mod fuzz;
 mod hardening;
 mod limits;
