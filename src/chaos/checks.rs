@@ -140,6 +140,25 @@ pub async fn last_event(pg: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(row.get(0))
 }
 
+/// Problems the server's own reconciler raised (or raised again) since `since`, by kind: a
+/// divergence it saw while the load ran, which the checks after the load cannot see.
+pub async fn problems(
+    pg: &tokio_postgres::Client,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let rows = pg
+        .query(
+            "SELECT kind, count(*) FROM reconciliation_findings
+             WHERE status = 'reconciled_with_problem' AND updated_at >= $1 GROUP BY kind",
+            &[&since],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+        .collect())
+}
+
 /// The reconciliation view says the actor, Postgres and the mirror agree on every seat of
 /// the program (and an actor runs: with none there is nothing compared).
 pub async fn agree(http: &reqwest::Client, base: &str, admin: &str, program: i64) -> bool {

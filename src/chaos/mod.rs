@@ -34,6 +34,9 @@ pub struct Options {
     /// Concurrent buyers (default 200; 30 with --short).
     #[arg(long)]
     pub clients: Option<usize>,
+    /// Seconds of load without a fault first (default 20; 2 with --short).
+    #[arg(long)]
+    pub baseline_secs: Option<u64>,
     /// `kill -9` of the server, each followed by a restart (default 10; 3 with --short).
     #[arg(long)]
     pub kills: Option<u32>,
@@ -68,6 +71,9 @@ pub struct Options {
     /// /usr/lib/postgresql).
     #[arg(long)]
     pub pg_bin: Option<PathBuf>,
+    /// Also write the table here (Markdown, with the command that produced it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Keep the working directory (stores' data and every process's log); it is kept anyway
     /// when the suite fails.
     #[arg(long)]
@@ -81,8 +87,8 @@ pub struct Options {
 /// One fault of the sequence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
-    /// The load alone: what the table looks like without a fault.
-    Baseline,
+    /// The load alone for the duration: what the table looks like without a fault.
+    Baseline(Duration),
     /// `kill -9` of the server (its number), restarted at once.
     Kill(u32),
     /// Redis killed, back empty after the duration.
@@ -96,7 +102,7 @@ enum Fault {
 impl Fault {
     fn name(self) -> String {
         match self {
-            Fault::Baseline => "none (baseline)".into(),
+            Fault::Baseline(d) => format!("none ({} s of load)", d.as_secs()),
             Fault::Kill(n) => format!("kill -9 #{n}"),
             Fault::Redis(d) => format!("Redis down {} s", d.as_secs()),
             Fault::Postgres(d) => format!("Postgres down {} s", d.as_secs()),
@@ -114,12 +120,12 @@ struct Plan {
 
 impl Plan {
     fn from(o: &Options) -> Plan {
-        let (clients, kills, outage, pulsar) = match o.short {
-            true => (30, 3, 5, 5),
-            false => (200, 10, 20, 30),
+        let (clients, kills, outage, pulsar, baseline) = match o.short {
+            true => (30, 3, 5, 5, 2),
+            false => (200, 10, 20, 30, 20),
         };
         let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
-        let mut faults = vec![Fault::Baseline];
+        let mut faults = vec![Fault::Baseline(secs(o.baseline_secs, baseline))];
         faults.extend((1..=o.kills.unwrap_or(kills)).map(Fault::Kill));
         let outages = [
             Fault::Redis(secs(o.redis_outage_secs, outage)),
@@ -187,7 +193,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "none (baseline)",
+                "none (2 s of load)",
                 "kill -9 #1",
                 "Postgres down 5 s",
                 "Pulsar broker down 5 s"

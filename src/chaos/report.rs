@@ -65,6 +65,8 @@ pub struct Row {
     pub agree: Timing,
     /// From the fault's end until every order event was sent to the broker.
     pub events: Timing,
+    /// Problems the server's reconciler raised during the phase, by kind.
+    pub problems: BTreeMap<String, u64>,
     /// What the checks found, one line each.
     pub notes: Vec<String>,
 }
@@ -87,6 +89,7 @@ impl Row {
             recovery: Timing::NotApplicable,
             agree: Timing::NotApplicable,
             events: Timing::NotApplicable,
+            problems: BTreeMap::new(),
             notes: Vec::new(),
         }
     }
@@ -115,6 +118,10 @@ impl Row {
         if matches!(self.recovery, Timing::Never(_)) {
             out.push(format!("{}: the server did not recover", self.fault));
         }
+        if !self.problems.is_empty() {
+            let kinds = errors(&self.problems);
+            out.push(format!("{}: the reconciler raised {kinds}", self.fault));
+        }
         if matches!(self.events, Timing::Never(_)) {
             out.push(format!("{}: order events left unsent", self.fault));
         }
@@ -125,12 +132,12 @@ impl Row {
 /// The Markdown table of `rows`.
 pub fn render(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| fault | requests | 201s | errors by code | slowest answer | lost | double-sold | stuck | recovery | actor = Postgres = Redis | events sent |\n\
-         | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| fault | requests | 201s | errors by code | slowest answer | lost | double-sold | stuck | recovery | actor = Postgres = Redis | events sent | reconciler problems |\n\
+         | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.fault,
             r.requests,
             r.created,
@@ -141,13 +148,14 @@ pub fn render(rows: &[Row]) -> String {
             r.stuck,
             r.recovery.render(),
             r.agree.render(),
-            r.events.render()
+            r.events.render(),
+            errors(&r.problems),
         ));
     }
     out
 }
 
-/// `503 STORE_UNAVAILABLE: 120, no connection: 45`, most frequent first.
+/// `503 STORE_UNAVAILABLE: 120, no connection: 45`, most frequent first; `none`.
 fn errors(errors: &BTreeMap<String, u64>) -> String {
     if errors.is_empty() {
         return "none".into();
@@ -174,7 +182,8 @@ mod tests {
         row.agree = Timing::After(5.1);
         row.stuck = 1;
         row.recovery = Timing::Never(60.0);
-        assert_eq!(row.failures(5.0).len(), 3, "{:?}", row.failures(5.0));
+        row.problems.insert("actor_seats".into(), 1);
+        assert_eq!(row.failures(5.0).len(), 4, "{:?}", row.failures(5.0));
     }
 
     #[test]

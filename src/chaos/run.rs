@@ -63,7 +63,13 @@ async fn run(options: &Options, settings: Settings, work: &Path) -> anyhow::Resu
     if options.sabotage {
         rows.push(suite.sabotage().await?);
     }
-    println!("\n{}", render(&rows));
+    let table = render(&rows);
+    println!("\n{table}");
+    if let Some(out) = &options.out {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let text = format!("`boxoffice {}`\n\n{table}", args.join(" "));
+        std::fs::write(out, text).with_context(|| format!("write {}", out.display()))?;
+    }
     let agree_limit = AGREE_LIMIT.as_secs_f64();
     Ok(rows
         .iter()
@@ -127,11 +133,11 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
         .context("no initdb under /usr/lib/postgresql: pass --pg-bin")
 }
 
-/// Everything a phase needs.
+/// Everything a phase needs. (Fields drop in order: the server stops before its stores.)
 struct Suite {
     http: reqwest::Client,
-    stores: Stores,
     server: Server,
+    stores: Stores,
     database_url: String,
     admin: String,
     target: Target,
@@ -180,8 +186,8 @@ impl Suite {
         };
         Ok(Suite {
             http,
-            stores,
             server,
+            stores,
             database_url: settings.database.url.expose_secret().to_string(),
             admin,
             target,
@@ -198,6 +204,7 @@ impl Suite {
 
     /// The load, the fault under it, recovery, more load, then the checks.
     async fn phase(&mut self, fault: Fault) -> anyhow::Result<Row> {
+        let started = chrono::Utc::now();
         let load = Load::start(&self.http, &self.target, std::mem::take(&mut self.buyers));
         self.more_orders(&load).await;
         let healed = self.inject(fault).await?;
@@ -207,11 +214,11 @@ impl Suite {
         self.acks.extend(tally.acks.iter().cloned());
         self.cancelled.extend(tally.cancelled.iter().copied());
         let mut row = Row::new(fault.name(), &tally);
-        if fault != Fault::Baseline {
+        if !matches!(fault, Fault::Baseline(_)) {
             row.recovery = Timing::of(recovery, READY_LIMIT);
         }
         row.events = Timing::of(backlog, EVENTS_LIMIT);
-        self.check(&mut row).await?;
+        self.check(&mut row, started).await?;
         Ok(row)
     }
 
@@ -240,7 +247,7 @@ impl Suite {
     /// Injects `fault` and repairs it; answers when the repair was made.
     async fn inject(&mut self, fault: Fault) -> anyhow::Result<Instant> {
         match fault {
-            Fault::Baseline => {}
+            Fault::Baseline(load) => tokio::time::sleep(load).await,
             Fault::Kill(_) => {
                 // Somewhere in the stream of requests, not at the moment the load warmed up.
                 let jitter = rand::thread_rng().gen_range(0..500);
@@ -267,11 +274,16 @@ impl Suite {
         Ok(Instant::now())
     }
 
-    /// The checks, with the load stopped: invariants in Postgres, agreement of the stores,
-    /// and every order event sent.
-    async fn check(&self, row: &mut Row) -> anyhow::Result<()> {
+    /// The checks, with the load stopped: invariants in Postgres, problems the reconciler
+    /// raised since the phase `started`, agreement of the stores, every order event sent.
+    async fn check(
+        &self,
+        row: &mut Row,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
         let pg = checks::connect(&self.database_url).await?;
         self.check_postgres(&pg, row).await?;
+        row.problems = checks::problems(&pg, started).await?;
         let agree = checks::seconds_to_agree(
             &self.http,
             &self.server.base,
