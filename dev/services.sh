@@ -4,6 +4,7 @@
 #   dev/services.sh up      install what is missing, start PostgreSQL, Redis, pulsar-lite + bridge
 #   dev/services.sh down    stop pulsar-lite and the bridge (PostgreSQL and Redis are left running)
 #   dev/services.sh status  say what answers
+#   dev/services.sh install install what is missing, start nothing (dev/faults.sh: its stores are its own)
 #
 # Idempotent. Reuses PostgreSQL on 5432 and Redis on 6379 when they already answer. Everything
 # comes from Debian packages, PyPI (pulsar-lite, schemathesis), npm or crates.io. State lives
@@ -171,5 +172,11 @@ case "${1:-up}" in
         ;;
     down) stop_daemon pulsar-bridge; stop_daemon pulsar-lite ;;
     status) status ;;
-    *) echo "usage: $0 [up|down|status]" >&2; exit 2 ;;
+    install)
+        mkdir -p "$DATA"
+        ensure_toolchain
+        apt_install postgresql redis-server
+        ensure_pulsar_lite_installed
+        ;;
+    *) echo "usage: $0 [up|down|status|install]" >&2; exit 2 ;;
 esac
