@@ -246,6 +246,10 @@ impl OwnPulsar {
             &broker_addr,
             "--db-path",
             &path_arg(&work.join("pulsar-db")),
+            // At `info` it logs a line per dispatch of 20 messages: tens of thousands a second
+            // while a backlog drains, and it then spends its time writing them.
+            "--log-level",
+            "warn",
         ];
         let bridge_args = [
             "--listen",
@@ -300,8 +304,7 @@ impl OwnPulsar {
     }
 }
 
-/// Warnings only: at `info` pulsar-lite logs a line per dispatch of 20 messages, tens of
-/// thousands a second while a backlog drains, and the broker spends its time writing them.
+/// The broker or the bridge, logging warnings only.
 fn pulsar_recipe(name: &'static str, program: &Path, args: &[&str], work: &Path) -> Recipe {
     Recipe {
         name,
