@@ -49,6 +49,11 @@ pub struct Options {
     /// Seconds the Pulsar broker stays down; 0 skips the fault (default 30; 5 with --short).
     #[arg(long)]
     pub pulsar_outage_secs: Option<u64>,
+    /// Actor, Postgres and mirror must agree this soon after each phase's load (default 5;
+    /// 10 with --short, whose debug build shares the CPU with the rest of the test run while
+    /// the reconciler passes every 3 s).
+    #[arg(long)]
+    pub agree_within_secs: Option<u64>,
     /// Mean pause between a buyer's operations, milliseconds.
     #[arg(long, default_value_t = 50)]
     pub think_ms: u64,
@@ -116,13 +121,14 @@ impl Fault {
 struct Plan {
     clients: usize,
     faults: Vec<Fault>,
+    agree_within: Duration,
 }
 
 impl Plan {
     fn from(o: &Options) -> Plan {
-        let (clients, kills, outage, pulsar, baseline) = match o.short {
-            true => (30, 3, 5, 5, 2),
-            false => (200, 10, 20, 30, 20),
+        let (clients, kills, outage, pulsar, baseline, agree) = match o.short {
+            true => (30, 3, 5, 5, 2, 10),
+            false => (200, 10, 20, 30, 20, 5),
         };
         let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
         let mut faults = vec![Fault::Baseline(secs(o.baseline_secs, baseline))];
@@ -139,6 +145,7 @@ impl Plan {
         Plan {
             clients: o.clients.unwrap_or(clients),
             faults,
+            agree_within: secs(o.agree_within_secs, agree),
         }
     }
 }
@@ -177,7 +184,10 @@ mod tests {
     #[test]
     fn the_full_form_is_the_issues_sequence_and_the_short_form_its_miniature() {
         let full = plan(&[]);
-        assert_eq!(full.clients, 200);
+        assert_eq!(
+            (full.clients, full.agree_within),
+            (200, Duration::from_secs(5))
+        );
         assert_eq!(full.faults.len(), 1 + 10 + 3);
         assert_eq!(full.faults[11], Fault::Redis(Duration::from_secs(20)));
         assert_eq!(full.faults[13], Fault::Pulsar(Duration::from_secs(30)));

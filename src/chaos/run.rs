@@ -15,8 +15,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Actor, Postgres and mirror must agree this soon after the load stops.
-const AGREE_LIMIT: Duration = Duration::from_secs(5);
 /// How long agreement is still watched for, to report how late it came.
 const AGREE_WATCH: Duration = Duration::from_secs(30);
 /// How long an unanswered request may still be retried once a phase ends.
@@ -70,7 +68,7 @@ async fn run(options: &Options, settings: Settings, work: &Path) -> anyhow::Resu
         let text = format!("`boxoffice {}`\n\n{table}", args.join(" "));
         std::fs::write(out, text).with_context(|| format!("write {}", out.display()))?;
     }
-    let agree_limit = AGREE_LIMIT.as_secs_f64();
+    let agree_limit = plan.agree_within.as_secs_f64();
     Ok(rows
         .iter()
         .flat_map(|r| {
