@@ -73,7 +73,9 @@ async fn run(options: &Options, settings: Settings, work: &Path) -> anyhow::Resu
         .iter()
         .flat_map(|r| {
             let notes = r.notes.iter().map(|n| format!("{}: {n}", r.fault));
-            r.failures(agree_limit).into_iter().chain(notes)
+            r.failures(agree_limit, plan.problems_fail)
+                .into_iter()
+                .chain(notes)
         })
         .collect())
 }

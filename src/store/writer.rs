@@ -413,36 +413,76 @@ async fn write_and_resolve(
         return Err(failure);
     };
     tracing::warn!(xid, error = %failure.error, "the answer to a batch's COMMIT was lost; asking Postgres");
-    match commit_status(pool, xid).await {
+    let orders: Vec<i64> = group
+        .iter()
+        .filter_map(|&i| order_of(&batch[i]))
+        .map(|o| o.order_no)
+        .collect();
+    match commit_status(pool, xid, &orders).await {
         Some(true) => Ok(Attempt::Committed(results)),
         Some(false) => Err(failure),
         None => Err(StoreError::CommitUnknown(Arc::new(failure.error)).into()),
     }
 }
 
-/// `txid_status` of the batch's transaction, asked on a fresh connection until it is no longer
-/// in progress: `Some(committed)`, or `None` if Postgres cannot tell within a few seconds.
-async fn commit_status(pool: &PgPool, xid: i64) -> Option<bool> {
+/// Whether the batch's transaction committed, asked on a fresh connection until Postgres can
+/// tell: `Some(committed)`, or `None` if it cannot within a few seconds.
+///
+/// `txid_status(xid)` alone is not enough: if Postgres crashed before the batch's WAL reached
+/// disk, crash recovery hands the same xid to a later transaction, and its `committed` would
+/// acknowledge orders that never existed (the fault suite found exactly that). So a batch
+/// with orders is judged by its own rows — all of its orders exist, or none does (one
+/// transaction). A batch without orders (releases, holds) is judged by `txid_status`: a wrong
+/// `committed` there after such a crash makes actors free seats Postgres still holds, which
+/// the claims refuse to sell twice and the reconciler repairs.
+pub async fn commit_status(pool: &PgPool, xid: i64, orders: &[i64]) -> Option<bool> {
     // Bounded: the writer's sessions end an idle transaction after
     // `WRITER_IDLE_IN_TRANSACTION` (a COMMIT that never arrived then reads as aborted), and a
     // shard must not stall longer than that on one lost answer.
     let deadline = tokio::time::Instant::now() + WRITER_IDLE_IN_TRANSACTION * 2;
     while tokio::time::Instant::now() < deadline {
-        let status = async {
-            let client = pool.get().await?;
-            let row = client
-                .query_one("SELECT txid_status($1)::text", &[&xid])
-                .await?;
-            Ok::<_, StoreError>(row.get::<_, Option<String>>(0))
-        };
-        match status.await {
-            Ok(Some(s)) if s == "committed" => return Some(true),
-            Ok(Some(s)) if s == "aborted" => return Some(false),
+        match ask_commit_status(pool, xid, orders).await {
+            Ok(Some(answer)) => return answer,
             // In progress (the backend has not finished the COMMIT yet), or Postgres unreachable.
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
     None
+}
+
+/// One attempt of [`commit_status`]: `Ok(None)` while the transaction is still in progress,
+/// `Ok(Some(None))` when the outcome cannot be known.
+async fn ask_commit_status(
+    pool: &PgPool,
+    xid: i64,
+    orders: &[i64],
+) -> Result<Option<Option<bool>>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT txid_status($1)::text,
+                    (SELECT count(*) FROM orders o JOIN unnest($2::bigint[]) AS n (no)
+                     ON o.gene = (n.no & 15)::smallint AND o.order_no = n.no)",
+            &[&xid, &orders],
+        )
+        .await?;
+    let status: Option<String> = row.get(0);
+    if status.as_deref() == Some("in progress") {
+        return Ok(None);
+    }
+    if orders.is_empty() {
+        return Ok(Some(match status.as_deref() {
+            Some("committed") => Some(true),
+            Some("aborted") => Some(false),
+            _ => None,
+        }));
+    }
+    let found: i64 = row.get(1);
+    Ok(Some(match found {
+        0 => Some(false),
+        n if n == orders.len() as i64 => Some(true),
+        _ => None,
+    }))
 }
 
 /// One transaction over the jobs `group` names: BEGIN; the transaction id and the orders'

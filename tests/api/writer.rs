@@ -630,3 +630,30 @@ async fn a_batch_a_constraint_refuses_is_split_and_the_culprit_set_aside() {
         "the rest committed, the culprit recorded"
     );
 }
+
+/// Found by the fault suite: after Postgres crashed before a batch's WAL reached disk, crash
+/// recovery handed the batch's xid to a later transaction, whose `committed` acknowledged
+/// orders that never existed. The outcome of a batch with orders is read from its orders.
+#[tokio::test]
+async fn a_lost_commit_is_judged_by_the_batchs_orders_not_by_a_reused_xid() {
+    use boxoffice::store::writer::commit_status;
+    let (_db, pool, _) = crate::helpers::TestDb::migrated().await;
+    let client = pool.get().await.unwrap();
+    // Another transaction committed under the xid the lost batch had been given.
+    let row = client
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap();
+    let reused: i64 = row.get(0);
+    let never_written = [118_535_185_628_135_425_i64];
+    assert_eq!(
+        commit_status(&pool, reused, &never_written).await,
+        Some(false),
+        "the xid says committed, but the batch's order does not exist"
+    );
+    assert_eq!(
+        commit_status(&pool, reused, &[]).await,
+        Some(true),
+        "without orders, the xid is all there is to ask"
+    );
+}
