@@ -4,7 +4,8 @@
 //! dead-letter poison; operators see it all in the MQ message records.
 
 use crate::helpers::{
-    TestApp, buyers, code, on_sale, order, poll_until, signed_in_admin, spawn_app, spawn_app_with,
+    TestApp, buyers, code, count, on_sale, order, poll_until, signed_in_admin, spawn_app,
+    spawn_app_with,
 };
 use crate::payments::{act, complete, start_payment, status_once};
 use boxoffice::config::Settings;
@@ -176,18 +177,6 @@ fn types_of(events: &[Event], order_no: &str) -> Vec<String> {
         .map(|e| e.event_type.clone())
         .collect()
 }
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    app.pg
-        .get()
-        .await
-        .unwrap()
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// A GA order for the buyer's first `n` ticket buyers: its number.
 async fn ga_order(
     app: &TestApp,

@@ -760,6 +760,18 @@ pub async fn code(r: reqwest::Response) -> (u16, String) {
     )
 }
 
+/// The one number `sql` (a `count(*)` without parameters) answers on the test's database.
+pub async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.pg
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// One value Postgres answers about an order (`$1` is its number, given as the API shows it).
 pub async fn order_fact<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     app: &TestApp,

@@ -237,15 +237,7 @@ async fn a_key_whose_holder_died_after_committing_replays_the_committed_answer()
         orders, 1,
         "the retry answered an order that is not the committed one"
     );
-    let all: i64 = app
-        .pg
-        .get()
-        .await
-        .unwrap()
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let all = crate::helpers::count(&app, "SELECT count(*) FROM orders").await;
     assert_eq!(all, 1, "the retry made another order");
 }
 
