@@ -156,7 +156,8 @@ pub async fn place(
             if let Some(answer) = stored_answer(&st, user_id, &key, &hash).await? {
                 return Ok(answer);
             }
-            idempotency::mark_busy(redis, user_id, &key, &owner, IN_FLIGHT_SECS).await?;
+            let lease_ms = st.settings.orders.in_flight_lease_ms;
+            idempotency::mark_busy(redis, user_id, &key, &owner, lease_ms, IN_FLIGHT_SECS).await?;
         }
         Gate::TakenOver => {
             if let Some(answer) = stored_answer(&st, user_id, &key, &hash).await? {
