@@ -326,7 +326,6 @@ impl Feed {
             TapEvent::Rebase(c, snapshot) => self.rebase(c, &snapshot),
             TapEvent::Delta(c, delta) => self.apply_delta(c, &delta),
         }
-        self.snapshot = None;
         if self.loaded {
             self.schedule_flush();
         }
@@ -335,6 +334,7 @@ impl Feed {
     fn rebase(&mut self, c: usize, snapshot: &CategorySnapshot) {
         if self.views[c].adopt_layout(snapshot) {
             self.shown.retain(|&(category, _), _| category != c);
+            self.snapshot = None;
             // Receivers of the old channel see it closed and take a fresh snapshot.
             self.frames = broadcast::channel(self.frames_capacity).0;
         }
@@ -363,6 +363,7 @@ impl Feed {
             view.shown_counts = view.counts;
         }
         self.seq = self.seq.max(self.category_seq_floor());
+        self.snapshot = None;
         for reply in std::mem::take(&mut self.waiting) {
             self.subscribe(reply);
         }
@@ -490,14 +491,22 @@ impl Feed {
         });
     }
 
-    /// The current state. Changes not yet flushed are included; the next frame repeats them,
-    /// which is harmless (statuses are set, not toggled).
+    /// The state as of frame `seq`: changes not yet flushed are left out, because the next
+    /// frame says only what differs from the previous frame. (A snapshot that showed a seat
+    /// held before its frame went out would never hear of it if the seat were released again
+    /// within the same tick.) So it changes only when a frame goes out, and is cached until then.
     fn snapshot_frame(&self) -> SnapshotFrame<'_> {
+        let categories = self
+            .views
+            .iter()
+            .enumerate()
+            .map(|(c, view)| CategoryOut::as_shown(view, |i| self.shown.get(&(c, i)).copied()))
+            .collect();
         SnapshotFrame {
             kind: "snapshot",
             program_id: self.program_id,
             seq: self.seq,
-            categories: self.views.iter().map(CategoryOut::of).collect(),
+            categories,
         }
     }
 }
@@ -561,19 +570,22 @@ struct CategoryOut<'a> {
 }
 
 impl<'a> CategoryOut<'a> {
-    fn of(view: &'a View) -> Self {
+    /// The category as the last frame left it: `unflushed(i)` is seat `i`'s status then, if it
+    /// changed since.
+    fn as_shown(view: &'a View, unflushed: impl Fn(usize) -> Option<SeatStatus>) -> Self {
         CategoryOut {
             info: &view.info,
-            counts: view.counts,
+            counts: view.shown_counts,
             seats: view
                 .seats
                 .iter()
                 .zip(&view.statuses)
-                .map(|(s, status)| SeatOut {
+                .enumerate()
+                .map(|(i, (s, status))| SeatOut {
                     id: s.id,
                     row: s.row,
                     col: s.col,
-                    status: *status,
+                    status: unflushed(i).unwrap_or(*status),
                 })
                 .collect(),
         }
@@ -767,6 +779,161 @@ impl Source for SeatMapSource {
                 Ok(())
             }
             _ => Err(close(CloseCode::Unsupported, "unknown message")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::inventory::SeatChange;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const SEATS: i64 = 6;
+
+    /// A loaded feed over one seated category of `SEATS` free seats, coalescing (frames go out
+    /// only when the test flushes).
+    fn loaded_feed() -> Feed {
+        let info = FeedCategory {
+            id: 7,
+            show_time_id: 1,
+            name: "Seated".into(),
+            price_cents: 100,
+            seated: true,
+        };
+        let seats: Arc<[SeatInfo]> = (1..=SEATS)
+            .map(|id| SeatInfo {
+                id,
+                row: 1,
+                col: id as i32,
+                price_cents: 100,
+            })
+            .collect();
+        let mut feed = Feed {
+            program_id: 1,
+            seq: 0,
+            loaded: false,
+            views: vec![View::new(info)],
+            frames: broadcast::channel(64).0,
+            frames_capacity: 64,
+            shown: BTreeMap::new(),
+            counts_touched: BTreeSet::new(),
+            snapshot: None,
+            waiting: Vec::new(),
+            flush_at: None,
+            coalesce: Duration::from_secs(3600),
+        };
+        let snapshot = CategorySnapshot {
+            category_id: 7,
+            seq: 1,
+            counts: Counts::default(),
+            in_flight: 0,
+            statuses: vec![SeatStatus::Available; seats.len()],
+            seats,
+        };
+        feed.apply(TapEvent::Rebase(0, Arc::new(snapshot)));
+        feed
+    }
+
+    fn change(feed: &mut Feed, seat: i64, status: SeatStatus) {
+        let seq = feed.views[0].seq + 1;
+        let delta = Delta {
+            seq,
+            changes: vec![SeatChange {
+                seat_id: seat,
+                ticket_category_id: 7,
+                status,
+            }],
+            counts: Counts::default(),
+        };
+        feed.apply(TapEvent::Delta(0, Arc::new(delta)));
+    }
+
+    /// A client: the snapshot it was given, with every frame since applied in order.
+    struct Client {
+        seq: u64,
+        seats: BTreeMap<i64, String>,
+        frames: broadcast::Receiver<Bytes>,
+    }
+
+    impl Client {
+        fn join(feed: &mut Feed) -> Client {
+            let (reply, mut answer) = oneshot::channel();
+            feed.subscribe(reply);
+            let s = answer.try_recv().expect("a loaded feed answers at once");
+            let snapshot: Value = serde_json::from_slice(&s.snapshot).unwrap();
+            let seats = snapshot["categories"][0]["seats"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| (s["id"].as_i64().unwrap(), s["status"].to_string()))
+                .collect();
+            Client {
+                seq: s.seq,
+                seats,
+                frames: s.frames,
+            }
+        }
+
+        fn catch_up(&mut self) {
+            while let Ok(bytes) = self.frames.try_recv() {
+                let frame: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(frame["seq"], self.seq + 1);
+                self.seq += 1;
+                for c in frame["changes"].as_array().unwrap() {
+                    let seat = c["seat_id"].as_i64().unwrap();
+                    self.seats.insert(seat, c["status"].to_string());
+                }
+            }
+        }
+    }
+
+    fn truth(feed: &Feed) -> BTreeMap<i64, String> {
+        let view = &feed.views[0];
+        view.seats
+            .iter()
+            .zip(&view.statuses)
+            .map(|(s, st)| (s.id, serde_json::to_string(st).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_subscriber_joining_between_a_hold_and_its_release_in_one_tick_ends_with_the_seat_free() {
+        let mut feed = loaded_feed();
+        change(&mut feed, 3, SeatStatus::Held);
+        let mut late = Client::join(&mut feed);
+        change(&mut feed, 3, SeatStatus::Available);
+        feed.flush();
+        late.catch_up();
+        assert_eq!(late.seats, truth(&feed));
+        assert_eq!(late.seats[&3], "\"available\"");
+    }
+
+    proptest! {
+        /// Any interleaving of changes, joins and frames leaves every subscriber, once it has
+        /// read every frame, with the feed's map.
+        #[test]
+        fn every_subscriber_converges_on_the_feeds_map(
+            steps in prop::collection::vec((0u8..4, 1..=SEATS, 0u8..3), 1..60)
+        ) {
+            let mut feed = loaded_feed();
+            let mut clients = vec![Client::join(&mut feed)];
+            for (what, seat, status) in steps {
+                match what {
+                    0 => clients.push(Client::join(&mut feed)),
+                    1 => feed.flush(),
+                    _ => {
+                        let all = [SeatStatus::Available, SeatStatus::Held, SeatStatus::Sold];
+                        change(&mut feed, seat, all[status as usize]);
+                    }
+                }
+            }
+            feed.flush();
+            for client in &mut clients {
+                client.catch_up();
+                prop_assert_eq!(&client.seats, &truth(&feed));
+            }
         }
     }
 }
