@@ -341,6 +341,9 @@ pub struct AccountSettings {
     pub surge_hold_secs: u64,
     /// How long a captcha challenge can be answered.
     pub captcha_ttl_secs: u64,
+    /// Zero bits the surge puzzle's hash must start with: about 2^bits hashes per answer
+    /// (16: a fraction of a second in a browser; each further bit doubles it).
+    pub captcha_difficulty_bits: u8,
     /// Bits of the Redis Bloom filter of taken mobiles/emails (about 10 per expected entry).
     pub bloom_bits: u64,
     /// Hash functions of the Bloom filter.
@@ -364,6 +367,11 @@ pub struct CacheSettings {
     pub local_ttl_secs: u64,
     /// Redis entry lifetime.
     pub redis_ttl_secs: u64,
+    /// Cache misses reading Postgres at once; more wait briefly, then get 503 `CATALOG_BUSY`.
+    pub max_concurrent_loads: usize,
+    /// How long the seat map of a category with no running actor, read from Postgres, is
+    /// served again (it changes only through an actor; another node's, at most this late).
+    pub idle_seat_map_ms: u64,
 }
 
 /// Rate limiting: one token bucket per client IP and one per user, per route group.
@@ -452,6 +460,28 @@ pub struct ServerSettings {
     /// throttling count that client instead of the proxy. Empty: the header is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Open connections at most, WebSockets included; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this (slowloris; idle kept-alive
+    /// connections end after it too).
+    pub header_read_timeout_ms: u64,
+    /// A request unanswered after this gets 503 `REQUEST_TIMEOUT`.
+    pub request_timeout_ms: u64,
+    /// Requests in progress at most; past it 503 `OVERLOADED` at once (load shedding).
+    pub max_in_flight_requests: usize,
+}
+
+impl ServerSettings {
+    /// The limits the accept loop and the request middleware enforce ([`crate::http::server`]).
+    pub fn limits(&self) -> crate::http::server::ServerLimits {
+        crate::http::server::ServerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_in_flight_requests: self.max_in_flight_requests,
+            socket_send_buffer: self.socket_send_buffer_bytes,
+        }
+    }
 }
 
 /// Where the server runs.

@@ -270,6 +270,17 @@ impl Supervisor {
         Ok(snapshot)
     }
 
+    /// The running actor's latest published seat map, or `None` when no actor runs for the
+    /// category: never starts one. For anonymous reads (catalog pages, REST seat maps), which
+    /// must not let a crawler load every category of the catalog into memory.
+    pub fn published(&self, category_id: i64) -> Option<Arc<CategorySnapshot>> {
+        let slot = self.inner.slots.get(&category_id)?;
+        let live = slot.live.get()?;
+        live.addr
+            .connected()
+            .then(|| live.snapshot.borrow().clone())
+    }
+
     /// The category's published snapshots and every committed delta from now on, without
     /// messaging the actor (activating it if needed). The snapshot may be older than the first
     /// delta received; deltas carry `seq` so the watcher can tell (see `realtime::feed`). Both

@@ -1,18 +1,19 @@
 //! The catalog (API.md, "Catalog"): program list and detail through the read cache, and the seat
-//! map straight from the category actors. Live figures (`remaining`, seat statuses, `seq`) come
-//! from the actors' published snapshots, which cost neither Postgres nor a mailbox round trip.
+//! map from the category actors. Live figures (`remaining`, seat statuses, `seq`) come from the
+//! running actors' published snapshots, which cost neither Postgres nor a mailbox round trip;
+//! an anonymous read never starts an actor.
 
 use super::AppState;
 use super::error::ApiError;
 use super::extractor::ApiQuery;
 use super::limits;
-use crate::actors::CategorySnapshot;
-use crate::domain::inventory::SeatStatus;
+use super::seat_map::{self, SeatMap};
 use crate::store::catalog_read::{CategoryInfo, ProgramDetail, ProgramPage, ProgramQuery};
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
-use serde::Serialize;
 use std::sync::Arc;
 
 /// Routes of this module, with the `catalog` rate limit.
@@ -46,18 +47,6 @@ async fn cached_detail(st: &AppState, id: i64) -> Result<Arc<ProgramDetail>, Api
         .ok_or_else(|| ApiError::not_found("program"))
 }
 
-/// The category actor's latest snapshot; `None` if the actor cannot be reached right now (the
-/// cached figures are shown instead).
-async fn live(st: &AppState, category_id: i64) -> Option<Arc<CategorySnapshot>> {
-    match st.supervisor.snapshot(category_id).await {
-        Ok(snapshot) => Some(snapshot),
-        Err(e) => {
-            tracing::warn!(category_id, error = %e, "no live figures for category");
-            None
-        }
-    }
-}
-
 /// One program with its show times, the tiers of every show time (live `remaining`) and limits.
 #[utoipa::path(get, path = "/api/v1/programs/{id}", tag = "catalog",
     params(("id" = i64, Path, description = "Program id")),
@@ -67,11 +56,17 @@ pub async fn detail(
     State(st): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<ProgramDetail>, ApiError> {
-    let mut detail = cached_detail(&st, id).await?.as_ref().clone();
-    for c in &mut detail.ticket_categories {
-        if let Some(snapshot) = live(&st, c.id).await {
-            c.remaining = i64::from(snapshot.counts.available);
-        }
+    let cached = cached_detail(&st, id).await?;
+    let mut detail = cached.as_ref().clone();
+    // The seat map's figures: a running actor's, or Postgres's while none runs (the cached
+    // detail may predate sales); no actor is started for an anonymous read.
+    for (c, shown) in cached
+        .ticket_categories
+        .iter()
+        .zip(&mut detail.ticket_categories)
+    {
+        let part = st.seat_maps.part(c, &st.supervisor, &st.catalog).await?;
+        shown.remaining = i64::from(part.remaining);
     }
     Ok(Json(detail))
 }
@@ -99,77 +94,9 @@ fn seat_map_categories(
     }
 }
 
-/// The live seat map of a program (or of one of its show times).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SeatMap {
-    /// The program.
-    program_id: i64,
-    /// The highest `seq` of its categories: compare with WebSocket deltas.
-    seq: u64,
-    /// One entry per ticket category shown.
-    categories: Vec<SeatMapCategory>,
-}
-
-/// One category of the seat map, from its actor's snapshot.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SeatMapCategory {
-    /// Ticket category id.
-    id: i64,
-    /// The show time it sells.
-    show_time_id: i64,
-    /// Tier name.
-    name: String,
-    /// Price in minor units.
-    price_cents: i64,
-    /// Seated (seats listed) or general admission (no seats).
-    seated: bool,
-    /// Tickets available now.
-    remaining: u32,
-    /// Sequence number of the category's last change.
-    seq: u64,
-    /// Every seat with its status, in grid order.
-    seats: Vec<SeatOnMap>,
-}
-
-/// One seat of the map.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SeatOnMap {
-    /// Seat id.
-    id: i64,
-    /// Row, 1 nearest the stage.
-    row: i32,
-    /// Column, from 1.
-    col: i32,
-    /// `available`, `held` or `sold`.
-    status: SeatStatus,
-}
-
-/// One category of the seat map from its actor's snapshot.
-fn seat_map_entry(c: &CategoryInfo, snapshot: &CategorySnapshot) -> SeatMapCategory {
-    let seats = snapshot
-        .seats
-        .iter()
-        .zip(&snapshot.statuses)
-        .map(|(s, status)| SeatOnMap {
-            id: s.id,
-            row: s.row,
-            col: s.col,
-            status: *status,
-        })
-        .collect();
-    SeatMapCategory {
-        id: c.id,
-        show_time_id: c.show_time_id,
-        name: c.name.clone(),
-        price_cents: c.price_cents,
-        seated: c.seated,
-        remaining: snapshot.counts.available,
-        seq: snapshot.seq,
-        seats,
-    }
-}
-
-/// The live seat map of every tier, or of one show time's tiers with `?show_time_id=`.
+/// The live seat map of every tier, or of one show time's tiers with `?show_time_id=`: each
+/// category's part pre-serialized from its actor's published snapshot, or from Postgres while
+/// no actor runs ([`seat_map`](super::seat_map)).
 #[utoipa::path(get, path = "/api/v1/programs/{id}/seats", tag = "catalog",
     params(("id" = i64, Path, description = "Program id"), SeatMapQuery),
     responses((status = 200, description = "The live seat map", body = SeatMap),
@@ -179,26 +106,13 @@ pub async fn seats(
     State(st): State<AppState>,
     Path(id): Path<i64>,
     ApiQuery(query): ApiQuery<SeatMapQuery>,
-) -> Result<Json<SeatMap>, ApiError> {
+) -> Result<Response, ApiError> {
     let d = cached_detail(&st, id).await?;
     let shown = seat_map_categories(&d, query.show_time_id)?;
-    let mut seq = 0;
-    let mut categories = Vec::with_capacity(shown.len());
+    let mut parts = Vec::with_capacity(shown.len());
     for c in shown {
-        let snapshot = live(&st, c.id).await.ok_or_else(|| {
-            ApiError::unavailable(
-                "SEAT_MAP_UNAVAILABLE",
-                "seat map not available; retry shortly",
-            )
-        })?;
-        // The highest category seq: it never goes backwards (each category's starts every load
-        // above all earlier ones), and unlike a sum it stays a safe JSON integer.
-        seq = seq.max(snapshot.seq);
-        categories.push(seat_map_entry(c, &snapshot));
+        parts.push(st.seat_maps.part(c, &st.supervisor, &st.catalog).await?);
     }
-    Ok(Json(SeatMap {
-        program_id: id,
-        seq,
-        categories,
-    }))
+    let body = seat_map::assemble(id, &parts);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -169,6 +169,10 @@ impl From<crate::store::StoreError> for ApiError {
                 "the resource changed; retry",
             ),
             Refused { reason, message } => refused(reason, message),
+            Busy(code) => {
+                ApiError::unavailable(code, "too many requests like this at once; retry shortly")
+                    .retry_after(1)
+            }
             Redis(_) | Pulsar(_) | PulsarSends { .. } | Timeout { .. } | KnownDown(_) => {
                 tracing::warn!(error = %e, "dependency failure");
                 ApiError::unavailable(

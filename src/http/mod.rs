@@ -16,6 +16,8 @@ pub mod ops;
 pub mod orders;
 pub mod payments;
 pub mod reconcile;
+pub mod seat_map;
+pub mod server;
 pub mod ticket_buyers;
 pub mod web;
 pub mod ws;
@@ -42,7 +44,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::future::Future;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub password_work: crate::crypto::PasswordWork,
     /// Catalog reads: in-process → Redis → Postgres.
     pub catalog: CatalogCache,
+    /// REST seat-map categories, serialized once per published state.
+    pub seat_maps: seat_map::SeatMapParts,
     /// Places orders.
     pub ordering: Ordering,
     /// Pays and refunds orders through the providers.
@@ -159,6 +162,9 @@ impl AppState {
             supervisor,
             ordering,
             catalog,
+            seat_maps: seat_map::SeatMapParts::new(std::time::Duration::from_millis(
+                settings.cache.idle_seat_map_ms,
+            )),
             tokens: TokenKeys::new(&settings.secrets.jwt_key, a.token_ttl_secs),
             sessions,
             realtime,
@@ -228,6 +234,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// All routes with all layers.
 pub fn router(state: AppState) -> Router {
+    let limits = state.settings.server.limits();
+    let request_limits =
+        server::RequestLimits::new(limits.max_in_flight_requests, limits.request_timeout);
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -245,6 +254,9 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn(error::envelope))
+        .layer(middleware::from_fn(move |req, next| {
+            request_limits.clone().enforce(req, next)
+        }))
         .layer(middleware::from_fn(error::refuse_nul_in_query))
         // A body announced larger than any request needs is refused from its Content-Length,
         // before a byte of it is read (axum's own 2 MB limit still bounds chunked bodies).
@@ -309,18 +321,6 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// No Nagle delay: seat-map frames and API answers are small and must leave at once, not
-/// wait for the peer's delayed ACK (tens of ms). A fixed send buffer, when configured, bounds
-/// the kernel memory each connection may hold for a slow reader (the OS otherwise grows it).
-fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
-    let _ = tcp.set_nodelay(true);
-    if send_buffer > 0
-        && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
-    {
-        tracing::debug!(error = %e, "socket send buffer not set");
-    }
-}
-
 /// Serves until `shutdown` completes, then lets in-flight requests finish and closes open
 /// WebSockets (1001), giving them `ws.shutdown_grace_ms`: hyper forgets upgraded connections,
 /// so the server's own graceful shutdown would not wait for them.
@@ -337,12 +337,8 @@ pub async fn serve(
         // Sockets start closing while in-flight requests finish.
         tokio::spawn(async move { closing.close_all(grace).await });
     };
-    let send_buffer = state.settings.server.socket_send_buffer_bytes;
-    let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.settings.server.limits();
+    let served = server::accept_loop(listener, router(state), limits, shutdown).await;
     connections.close_all(grace).await;
     served
 }

@@ -16,6 +16,7 @@ use fred::prelude::*;
 use moka::future::Cache;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Cheap to clone; clones share the caches.
 #[derive(Clone)]
@@ -30,7 +31,15 @@ struct Inner {
     details: Cache<i64, Arc<ProgramDetail>>,
     lists: Cache<ProgramQuery, Arc<ProgramPage>>,
     channel: String,
+    /// Cache misses reading Postgres at once (`cache.max_concurrent_loads`): a flood of
+    /// distinct searches, each a miss, takes at most this many of the read pool's connections
+    /// and leaves the rest to signed-in buyers and operators.
+    loads: Semaphore,
 }
+
+/// How long a cache miss waits for one of the bounded Postgres loads before it is answered
+/// 503 `CATALOG_BUSY`: long enough to ride out a burst, short enough not to pile up requests.
+const LOAD_WAIT: Duration = Duration::from_millis(250);
 
 impl CatalogCache {
     /// A cache over `pg`, sharing its second level through `redis`.
@@ -47,6 +56,7 @@ impl CatalogCache {
             .build();
         CatalogCache {
             inner: Arc::new(Inner {
+                loads: Semaphore::new(settings.max_concurrent_loads.max(1)),
                 channel: redis.key("catalog:invalidate"),
                 pg,
                 redis,
@@ -85,21 +95,35 @@ impl CatalogCache {
 
     /// A page of the program list (cached in process; any admin edit drops every page).
     pub async fn list(&self, query: &ProgramQuery) -> Result<Arc<ProgramPage>, StoreError> {
+        let query = query.normalized()?;
         let inner = &self.inner;
         if !inner.settings.enabled {
             return Ok(Arc::new(
-                catalog_read::list_programs(&inner.pg, query).await?,
+                catalog_read::list_programs(&inner.pg, &query).await?,
             ));
         }
         inner
             .lists
             .try_get_with(query.clone(), async {
-                catalog_read::list_programs(&inner.pg, query)
+                inner
+                    .bounded(catalog_read::list_programs(&inner.pg, &query))
                     .await
                     .map(Arc::new)
             })
             .await
             .map_err(|e| e.as_ref().clone())
+    }
+
+    /// An idle category's seat map from Postgres, within the bound on cache misses (a crawler
+    /// asking for every seat map must not take the read pool).
+    pub async fn idle_category(
+        &self,
+        id: i64,
+    ) -> Result<Option<catalog_read::IdleCategory>, StoreError> {
+        let inner = &self.inner;
+        inner
+            .bounded(catalog_read::idle_category(&inner.pg, id))
+            .await
     }
 
     /// Drops the program from every level on every node (call after the edit committed).
@@ -156,6 +180,19 @@ impl Inner {
             .key(&format!("catalog:program:v{DETAIL_KEY_VERSION}:{id}"))
     }
 
+    /// Runs a cache miss's Postgres read within the load bound, or refuses it after
+    /// [`LOAD_WAIT`].
+    async fn bounded<T>(
+        &self,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Ok(Ok(_permit)) = tokio::time::timeout(LOAD_WAIT, self.loads.acquire()).await else {
+            metrics::counter!("catalog_loads_refused_total").increment(1);
+            return Err(StoreError::Busy("CATALOG_BUSY"));
+        };
+        read.await
+    }
+
     pub(crate) async fn drop_local(&self, program_id: i64) {
         self.details.invalidate(&program_id).await;
         self.lists.invalidate_all();
@@ -168,7 +205,10 @@ impl Inner {
         if let Some(detail) = self.detail_from_redis(&key).await {
             return Ok(Some(detail));
         }
-        let Some(detail) = catalog_read::program_detail(&self.pg, id).await? else {
+        let Some(detail) = self
+            .bounded(catalog_read::program_detail(&self.pg, id))
+            .await?
+        else {
             return Ok(None);
         };
         self.fill_redis(&key, &detail).await;

@@ -1,7 +1,8 @@
 //! Catalog reads from Postgres: the program list with filters and pages, and one program's
 //! detail. These are what the cache ([`super::catalog_cache`]) falls back to.
 
-use super::{PgPool, StoreError};
+use super::{PgPool, Refusal, StoreError};
+use crate::domain::inventory::{SeatInfo, SeatStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,48 @@ impl ProgramQuery {
     pub fn per_page(&self) -> u32 {
         self.per_page.unwrap_or(20).clamp(1, 100)
     }
+
+    /// The query as the cache keys it and Postgres runs it: text filters trimmed, whitespace
+    /// runs collapsed, the title search lower-cased (it matches case-insensitively), blanks
+    /// dropped, paging made explicit. Spellings of one search then share one cache entry
+    /// instead of each costing a Postgres read. Refuses a title search over
+    /// [`MAX_SEARCH_CHARS`] and a page past [`MAX_PAGE`] (an offset Postgres must walk).
+    pub fn normalized(&self) -> Result<ProgramQuery, StoreError> {
+        let q = tidy(self.q.as_deref()).map(|q| q.to_lowercase());
+        if q.as_ref()
+            .is_some_and(|q| q.chars().count() > MAX_SEARCH_CHARS)
+        {
+            let why = format!("at most {MAX_SEARCH_CHARS} characters");
+            return Err(StoreError::refused(Refusal::Validation { field: "q" }, why));
+        }
+        if self.page() > MAX_PAGE {
+            let why = format!("at most {MAX_PAGE}; narrow the search instead");
+            return Err(StoreError::refused(
+                Refusal::Validation { field: "page" },
+                why,
+            ));
+        }
+        Ok(ProgramQuery {
+            area: tidy(self.area.as_deref()),
+            category: tidy(self.category.as_deref()),
+            q,
+            from: self.from,
+            to: self.to,
+            page: Some(self.page()),
+            per_page: Some(self.per_page()),
+        })
+    }
+}
+
+/// Longest title search: titles are short, and a longer pattern only costs Postgres more.
+pub const MAX_SEARCH_CHARS: usize = 64;
+/// Deepest page of the program list (100 a page: 50,000 programs deep).
+pub const MAX_PAGE: u32 = 500;
+
+/// Trimmed, inner whitespace runs made one space; `None` when nothing is left.
+fn tidy(text: Option<&str>) -> Option<String> {
+    let words: Vec<&str> = text?.split_whitespace().collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 /// One line of the program list; its figures cover every show time of the program.
@@ -311,4 +354,78 @@ fn category_info(r: &tokio_postgres::Row) -> CategoryInfo {
         rows: r.get(7),
         seats_per_row: r.get(8),
     }
+}
+
+/// A category as Postgres has it while no actor runs for it: nothing changes its seats then
+/// (every hold, payment and release goes through its actor), so this is its current state.
+#[derive(Debug, Clone)]
+pub struct IdleCategory {
+    /// Above every `seq` of the category's last load and below its next load's first, so a
+    /// seat map's `seq` never goes backwards as its actor stops and starts.
+    pub seq: u64,
+    /// Tickets available.
+    pub available: u32,
+    /// Seats in grid order with their status (empty for general admission).
+    pub seats: Vec<(SeatInfo, SeatStatus)>,
+}
+
+/// Reads an idle category's seat map (`None` if there is no such category).
+pub async fn idle_category(pool: &PgPool, id: i64) -> Result<Option<IdleCategory>, StoreError> {
+    let client = pool.get().await?;
+    let Some(row) = client
+        .query_opt(
+            "SELECT loads, seated, capacity - ga_taken FROM ticket_categories WHERE id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (loads, seated, ga_left): (i64, bool, i32) = (row.get(0), row.get(1), row.get(2));
+    let seats = if seated {
+        seats_of(&client, id).await?
+    } else {
+        Vec::new()
+    };
+    let available = if seated {
+        seats
+            .iter()
+            .filter(|s| s.1 == SeatStatus::Available)
+            .count() as u32
+    } else {
+        ga_left.max(0) as u32
+    };
+    Ok(Some(IdleCategory {
+        seq: ((loads as u64 + 1) << 32) - 1,
+        available,
+        seats,
+    }))
+}
+
+async fn seats_of(
+    client: &deadpool_postgres::Client,
+    category: i64,
+) -> Result<Vec<(SeatInfo, SeatStatus)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, row_no, col_no, price_cents, status FROM seats
+             WHERE ticket_category_id = $1 ORDER BY row_no, col_no",
+            &[&category],
+        )
+        .await?;
+    let seat = |r: &tokio_postgres::Row| {
+        let info = SeatInfo {
+            id: r.get(0),
+            row: r.get(1),
+            col: r.get(2),
+            price_cents: r.get(3),
+        };
+        let status = match r.get::<_, &str>(4) {
+            "sold" => SeatStatus::Sold,
+            "held" => SeatStatus::Held,
+            _ => SeatStatus::Available,
+        };
+        (info, status)
+    };
+    Ok(rows.iter().map(seat).collect())
 }

@@ -175,6 +175,10 @@ pub enum StoreError {
     /// caller must treat its memory of these rows as unknown and reload them.
     #[error("postgres: commit outcome unknown: {0}")]
     CommitUnknown(#[source] Arc<StoreError>),
+    /// A bounded resource is in full use (the code says which, e.g. `CATALOG_BUSY`): the
+    /// request is refused at once with 503 and `Retry-After` rather than queued.
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// The group-commit writer could not answer (it is shutting down).
     #[error("postgres: {0}")]
     Writer(#[from] WriterGone),

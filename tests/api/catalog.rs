@@ -325,6 +325,11 @@ async fn cache_hits_send_nothing_to_postgres() {
         s.events.relay = false;
         s.events.consumers = false;
         s.actors.live_holds_sweep_secs = 0;
+        // The health probe's `SELECT 1` every half second is not a request's doing.
+        s.health.probe_interval_ms = 3_600_000;
+        // Idle seat maps are re-read after this; the loop below may take seconds on a busy
+        // machine.
+        s.cache.idle_seat_map_ms = 3_600_000;
     })
     .await;
     let (_, token) = signed_in_admin(&app).await;
@@ -581,5 +586,69 @@ async fn the_openapi_document_describes_show_times() {
             .iter()
             .any(|p| p["name"] == "show_time_id" && p["in"] == "query"),
         "{params:?}"
+    );
+}
+
+/// A crawler asking for every seat map must not load the catalog into memory: a category
+/// whose actor is not running is served from Postgres without starting one, and once an actor
+/// runs its published snapshot is served, with a `seq` above the idle one.
+#[tokio::test]
+async fn a_seat_map_starts_no_actor_and_follows_one_that_runs() {
+    use boxoffice::actors::{Hold, Selection, Supervisor};
+    use boxoffice::http::seat_map::SeatMapParts;
+    use boxoffice::store::catalog_cache::CatalogCache;
+    use boxoffice::store::inventory::PgInventoryStore;
+    use std::sync::Arc;
+    let app = spawn_app().await;
+    let (program, front, _) = crate::helpers::on_sale(&app, 4, 4).await;
+    let redis = boxoffice::store::RedisStore::connect(&app.settings.redis)
+        .await
+        .unwrap();
+    let catalog = CatalogCache::new(app.pg.clone(), redis, app.settings.cache.clone());
+    let store = Arc::new(PgInventoryStore::new(
+        app.pg.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let clock = Arc::new(boxoffice::clock::SystemClock);
+    let supervisor = Supervisor::new(store.clone(), clock, crate::helpers::actor_settings());
+    let parts = SeatMapParts::new(std::time::Duration::from_secs(5));
+    let detail = catalog.detail(program).await.unwrap().unwrap();
+    let tier = detail
+        .ticket_categories
+        .iter()
+        .find(|c| c.id == front)
+        .unwrap();
+    let idle = parts.part(tier, &supervisor, &catalog).await.unwrap();
+    assert_eq!(supervisor.active(), 0, "no actor started for a read");
+    let idle_map: Value = serde_json::from_slice(&idle.json).unwrap();
+    assert_eq!(idle_map["remaining"], 20);
+    let first_seat = idle_map["seats"][0]["id"].as_i64().unwrap();
+
+    let hold = Hold {
+        order_no: 1,
+        selection: Selection::Seats(vec![(first_seat, 50_000)]),
+        expires_at: Utc::now() + Duration::hours(1),
+    };
+    crate::helpers::hold_via(&supervisor, &*store, front, hold)
+        .await
+        .unwrap();
+    let live = poll_until(
+        std::time::Duration::from_secs(5),
+        async || parts.part(tier, &supervisor, &catalog).await.unwrap(),
+        // The hold is published once committed (a pending one counts, but shows no colour).
+        |p| serde_json::from_slice::<Value>(&p.json).unwrap()["seats"][0]["status"] == "held",
+    )
+    .await;
+    let live_map: Value = serde_json::from_slice(&live.json).unwrap();
+    assert_eq!(
+        live_map["seats"][0]["status"], "held",
+        "{idle_map}\n{live_map}"
+    );
+    assert_eq!(live_map["remaining"], 19);
+    assert!(live.seq > idle.seq, "{} after {}", live.seq, idle.seq);
+    let again = parts.part(tier, &supervisor, &catalog).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&again, &live) || again.seq > live.seq,
+        "one serialization per published snapshot"
     );
 }

@@ -27,6 +27,7 @@ mod schema;
 mod seat_feed;
 mod security;
 mod seed;
+mod server_limits;
 mod ticket_buyers;
 mod writer;
 mod ws;
