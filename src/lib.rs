@@ -23,6 +23,7 @@
 //!   health probe whose flags make a store known down cost a request nothing but its 503.
 //! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
 //! - [`payments`] — the provider trait, our payment side, and the built-in `mockpay` provider.
+//! - [`puzzle`] — the proof-of-work challenge that registration surges require.
 //! - [`bench`] — `boxoffice bench …`: side-by-side benchmarks with JSON summaries.
 //! - [`seed`] — demo data; [`crypto`] — password and id-number protection;
 //!   [`telemetry`] — logs and metrics.
@@ -42,6 +43,7 @@ pub mod http;
 pub mod monitor;
 pub mod ordering;
 pub mod payments;
+pub mod puzzle;
 pub mod realtime;
 pub mod reconcile;
 pub mod seed;

@@ -8,6 +8,7 @@ use super::extractor::{ApiJson, AuthUser};
 use super::limits;
 use crate::crypto;
 use crate::domain::identity::{self, mask_email, mask_mobile};
+use crate::puzzle;
 use crate::store::bloom::Handle;
 use crate::store::users::{self, NewAccount, RegisterError};
 use axum::extract::State;
@@ -15,7 +16,6 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::LazyLock;
@@ -60,6 +60,7 @@ pub struct Register {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CaptchaAnswer {
     challenge_id: String,
+    /// The nonce found: decimal digits.
     answer: String,
 }
 
@@ -174,11 +175,10 @@ async fn require_captcha(st: &AppState, captcha: Option<&CaptchaAnswer>) -> Resu
         )
         .with_details(json!({ "challenge_url": "/api/v1/captcha" })));
     };
-    if !st
-        .sessions
-        .solve_challenge(&c.challenge_id, &c.answer)
-        .await?
-    {
+    // Single use: taken from Redis whether or not the answer is right.
+    let difficulty = st.sessions.take_challenge(&c.challenge_id).await?;
+    let solved = difficulty.is_some_and(|d| puzzle::solves(&c.challenge_id, d, c.answer.trim()));
+    if !solved {
         return Err(ApiError::validation(
             "captcha",
             "wrong or expired answer; get a new challenge",
@@ -187,38 +187,40 @@ async fn require_captcha(st: &AppState, captcha: Option<&CaptchaAnswer>) -> Resu
     Ok(())
 }
 
-/// 201 of `POST /api/v1/captcha`: send `challenge_id` and the answer with the registration.
+/// 201 of `POST /api/v1/captcha`: a proof-of-work puzzle ([`puzzle`]). Find a decimal nonce
+/// such that SHA-256(`challenge_id` ":" nonce) starts with `difficulty` zero bits, and send
+/// `{challenge_id, answer: nonce}` with the registration.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Challenge {
-    /// Names the challenge in the answer.
+    /// The puzzle's seed; names the challenge in the answer.
     challenge_id: String,
-    /// The question to show.
-    question: String,
+    /// `sha256-leading-zero-bits`.
+    algorithm: &'static str,
+    /// Zero bits the hash must start with (about 2^difficulty hashes to find).
+    difficulty: u8,
     /// After this the answer is refused.
     expires_at: DateTime<Utc>,
 }
 
-/// `POST /api/v1/captcha`: a one-time arithmetic challenge, answerable for `captcha_ttl_secs`.
+/// `POST /api/v1/captcha`: a one-time proof-of-work puzzle, answerable for `captcha_ttl_secs`.
 #[utoipa::path(post, path = "/api/v1/captcha", tag = "accounts",
     responses((status = 201, description = "A challenge", body = Challenge)))]
 pub async fn new_challenge(
     State(st): State<AppState>,
 ) -> Result<(StatusCode, Json<Challenge>), ApiError> {
-    let (a, b) = {
-        let mut rng = rand::thread_rng();
-        (rng.gen_range(10..100), rng.gen_range(10..100))
-    };
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let ttl = st.settings.accounts.captcha_ttl_secs;
+    let a = &st.settings.accounts;
+    let difficulty = a.captcha_difficulty_bits.min(puzzle::MAX_DIFFICULTY);
     st.sessions
-        .store_challenge(&id, &(a + b).to_string(), ttl)
+        .store_challenge(&id, difficulty, a.captcha_ttl_secs)
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(Challenge {
             challenge_id: id,
-            question: format!("What is {a} + {b}?"),
-            expires_at: Utc::now() + chrono::Duration::seconds(ttl as i64),
+            algorithm: puzzle::ALGORITHM,
+            difficulty,
+            expires_at: Utc::now() + chrono::Duration::seconds(a.captcha_ttl_secs as i64),
         }),
     ))
 }

@@ -97,7 +97,7 @@ pub async fn me(
     let remaining = (claims.exp - chrono::Utc::now().timestamp()).max(0) as u64;
     let source = BuyerChannel {
         notices: st.hub.subscribe(claims.sub),
-        revoked: st.realtime.sessions.watch(&claims.jti),
+        revoked: st.realtime.sessions.watch(&claims),
         expires_at: tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
     };
     Ok(handshake.accept(&st, source))

@@ -69,7 +69,7 @@ pub async fn stream(
     let remaining = (claims.exp - chrono::Utc::now().timestamp()).max(0) as u64;
     let source = AdminStream {
         frames: monitor.subscribe(),
-        revoked: st.realtime.sessions.watch(&claims.jti),
+        revoked: st.realtime.sessions.watch(&claims),
         expires_at: Instant::now() + std::time::Duration::from_secs(remaining),
     };
     Ok(handshake.accept(&st, source))

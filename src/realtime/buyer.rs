@@ -1,13 +1,14 @@
 //! The buyer's own channel (`/ws/me`): their order notices from the notification hub, closed
-//! when their token expires or is revoked.
+//! when their token expires or is signed out.
 //!
-//! Open buyer channels and their tokens. A token signed out (revoked in Redis, possibly by
-//! another node) must close its sockets within seconds: one task checks every open token in a
-//! few batched Redis reads per `ws.auth_recheck_secs`, instead of each socket asking alone.
+//! Open channels (buyers' and operators') and their tokens. A token signed out — itself
+//! revoked, or its holder signed out everywhere, demoted or disabled (the per-user stamp), on
+//! any node — must close its sockets within seconds: one task checks every open token in a few
+//! batched Redis reads per `ws.auth_recheck_secs`, instead of each socket asking alone.
 
 use super::socket::{Close, Source, close, raised};
 use crate::events::hub::OrderNotice;
-use crate::store::sessions::SessionGuard;
+use crate::store::sessions::{SessionGuard, TokenRef};
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -59,35 +60,54 @@ impl Source for BuyerChannel {
 #[derive(Clone, Default)]
 pub struct OpenSessions {
     // One entry per open token: several tabs of one session share it.
-    tokens: Arc<DashMap<String, watch::Sender<bool>>>,
+    tokens: Arc<DashMap<String, OpenToken>>,
+}
+
+struct OpenToken {
+    flag: watch::Sender<bool>,
+    /// The holder and when the token was issued, to compare with the holder's stamp.
+    user_id: i64,
+    iat_ms: i64,
 }
 
 impl OpenSessions {
-    /// A flag that turns true when token `jti` is found revoked.
-    pub fn watch(&self, jti: &str) -> watch::Receiver<bool> {
+    /// A flag that turns true when the token of `claims` is found signed out.
+    pub fn watch(&self, claims: &crate::auth::Claims) -> watch::Receiver<bool> {
         self.tokens
-            .entry(jti.to_owned())
-            .or_insert_with(|| watch::channel(false).0)
+            .entry(claims.jti.clone())
+            .or_insert_with(|| OpenToken {
+                flag: watch::channel(false).0,
+                user_id: claims.sub,
+                iat_ms: claims.iat_ms,
+            })
+            .flag
             .subscribe()
     }
 
     /// Tokens with at least one open socket; forgets the others.
-    fn open_tokens(&self) -> Vec<String> {
-        self.tokens.retain(|_, flag| flag.receiver_count() > 0);
-        self.tokens.iter().map(|e| e.key().clone()).collect()
+    fn open_tokens(&self) -> Vec<TokenRef> {
+        self.tokens.retain(|_, t| t.flag.receiver_count() > 0);
+        self.tokens
+            .iter()
+            .map(|e| TokenRef {
+                jti: e.key().clone(),
+                user_id: e.user_id,
+                iat_ms: e.iat_ms,
+            })
+            .collect()
     }
 
     /// Raises the flag of each revoked token and forgets it.
     fn revoked(&self, jtis: impl IntoIterator<Item = String>) {
         for jti in jtis {
-            if let Some((_, flag)) = self.tokens.remove(&jti) {
-                flag.send_replace(true);
+            if let Some((_, token)) = self.tokens.remove(&jti) {
+                token.flag.send_replace(true);
             }
         }
     }
 }
 
-/// Every `every`, asks Redis which open tokens were revoked. A failed check is logged and tried
+/// Every `every`, asks Redis which open tokens were signed out. A failed check is logged and tried
 /// again next round (sockets stay open meanwhile: Redis being away must not drop every buyer).
 pub async fn recheck(sessions: OpenSessions, guard: SessionGuard, every: Duration) {
     let mut tick = tokio::time::interval(every);
@@ -98,7 +118,7 @@ pub async fn recheck(sessions: OpenSessions, guard: SessionGuard, every: Duratio
         if open.is_empty() {
             continue;
         }
-        match guard.revoked_among(&open).await {
+        match guard.signed_out_among(&open).await {
             Ok(revoked) => sessions.revoked(revoked),
             Err(e) => tracing::warn!(error = %e, "open buyer channels' tokens not re-checked"),
         }

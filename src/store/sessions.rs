@@ -47,6 +47,17 @@ const FIRST_BACKOFF_MS: i64 = 1_000;
 /// Longest wait, however many tries.
 const MAX_BACKOFF_MS: i64 = 15 * 60 * 1_000;
 
+/// An open channel's token, as the re-check needs it.
+#[derive(Debug, Clone)]
+pub struct TokenRef {
+    /// The token's id (its revocation marker).
+    pub jti: String,
+    /// Its holder (their sign-out stamp).
+    pub user_id: i64,
+    /// When it was issued, in ms.
+    pub iat_ms: i64,
+}
+
 /// Handle on the Redis side of accounts.
 #[derive(Clone)]
 pub struct SessionGuard {
@@ -112,17 +123,26 @@ impl SessionGuard {
         self.redis.key(&format!("sessions:stamp:{user_id}"))
     }
 
-    /// Which of `jtis` were revoked: one MGET per few hundred tokens, for the open buyer
-    /// channels' periodic re-check.
-    pub async fn revoked_among(&self, jtis: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut revoked = Vec::new();
-        for chunk in jtis.chunks(500) {
-            let keys: Vec<String> = chunk.iter().map(|jti| self.revoked_key(jti)).collect();
+    /// Which of `tokens` are signed out (as [`Self::is_signed_out`] judges one): one MGET of
+    /// their revocation markers and holders' stamps per few hundred tokens, for the open
+    /// channels' periodic re-check. Answers their `jti`s.
+    pub async fn signed_out_among(&self, tokens: &[TokenRef]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in tokens.chunks(250) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .flat_map(|t| [self.revoked_key(&t.jti), self.stamp_key(t.user_id)])
+                .collect();
             let found: Vec<Option<i64>> = self.client()?.mget(keys).await.map_err(redis_error)?;
-            let hits = chunk.iter().zip(found).filter(|(_, v)| v.is_some());
-            revoked.extend(hits.map(|(jti, _)| jti.clone()));
+            for (token, pair) in chunk.iter().zip(found.chunks(2)) {
+                let revoked = pair.first().is_some_and(Option::is_some);
+                let stamp = pair.get(1).copied().flatten().unwrap_or(0);
+                if revoked || token.iat_ms < stamp {
+                    out.push(token.jti.clone());
+                }
+            }
         }
-        Ok(revoked)
+        Ok(out)
     }
 
     /// Counts a login attempt of `login` from `client` (atomically, before its password is
@@ -180,25 +200,26 @@ impl SessionGuard {
         Ok(required == 1)
     }
 
-    /// Stores a challenge's answer for `ttl_secs`.
+    /// Keeps a puzzle challenge (its difficulty) answerable for `ttl_secs`.
     pub async fn store_challenge(
         &self,
         id: &str,
-        answer: &str,
+        difficulty: u8,
         ttl_secs: u64,
     ) -> Result<(), StoreError> {
         let key = self.redis.key(&format!("accounts:captcha:{id}"));
         let ttl = Expiration::EX(ttl_secs.max(1) as i64);
         self.client()?
-            .set::<(), _, _>(key, answer, Some(ttl), None, false)
+            .set::<(), _, _>(key, i64::from(difficulty), Some(ttl), None, false)
             .await
             .map_err(redis_error)
     }
 
-    /// True if `answer` solves challenge `id`; a challenge can be tried once.
-    pub async fn solve_challenge(&self, id: &str, answer: &str) -> Result<bool, StoreError> {
+    /// Takes challenge `id` (so it can be tried once): its difficulty, `None` if unknown or
+    /// expired.
+    pub async fn take_challenge(&self, id: &str) -> Result<Option<u8>, StoreError> {
         let key = self.redis.key(&format!("accounts:captcha:{id}"));
-        let stored: Option<String> = self.client()?.getdel(key).await.map_err(redis_error)?;
-        Ok(stored.is_some_and(|s| s == answer.trim()))
+        let stored: Option<i64> = self.client()?.getdel(key).await.map_err(redis_error)?;
+        Ok(stored.and_then(|d| u8::try_from(d).ok()))
     }
 }

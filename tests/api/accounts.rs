@@ -87,20 +87,23 @@ async fn bad_fields_are_422_naming_the_field() {
     assert_eq!(raw.status(), 400);
 }
 
+/// Does what the page does: finds the puzzle's nonce.
 async fn solve(app: &TestApp) -> Value {
     let c = body(app.post("/api/v1/captcha", None, &json!({})).await).await;
-    let question = c["question"].as_str().unwrap();
-    let numbers: Vec<i64> = question
-        .trim_end_matches('?')
-        .split(|ch: char| !ch.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    json!({"challenge_id": c["challenge_id"], "answer": (numbers[0] + numbers[1]).to_string()})
+    assert_eq!(c["algorithm"], "sha256-leading-zero-bits");
+    let seed = c["challenge_id"].as_str().unwrap();
+    let difficulty = c["difficulty"].as_u64().unwrap() as u8;
+    let nonce = boxoffice::puzzle::solve(seed, difficulty);
+    json!({"challenge_id": seed, "answer": nonce.to_string()})
 }
 
 #[tokio::test]
 async fn a_registration_surge_requires_a_solved_captcha() {
-    let app = spawn_app_with(|s| s.accounts.surge_registrations_per_sec = 2).await;
+    let app = spawn_app_with(|s| {
+        s.accounts.surge_registrations_per_sec = 2;
+        s.accounts.captcha_difficulty_bits = 12;
+    })
+    .await;
     let mut n = 0;
     let refused = loop {
         n += 1;
@@ -120,7 +123,12 @@ async fn a_registration_surge_requires_a_solved_captcha() {
     assert_eq!(body(refused).await["error"]["code"], "CAPTCHA_REQUIRED");
 
     let mut wrong = solve(&app).await;
-    wrong["answer"] = json!("-1");
+    // The smallest solution was found: everything below it fails.
+    let below = wrong["answer"].as_str().unwrap().parse::<u64>().unwrap();
+    wrong["answer"] = json!(below.saturating_sub(1).to_string());
+    if below == 0 {
+        wrong["answer"] = json!("not a number");
+    }
     let r = app
         .post(
             "/api/v1/users",
@@ -141,6 +149,42 @@ async fn a_registration_surge_requires_a_solved_captcha() {
         422,
         "a challenge is good for one registration"
     );
+}
+
+/// The surge challenge costs a bot real work: about 2^difficulty hashes to answer, one to
+/// check, and an answer for one challenge does not open another.
+#[tokio::test]
+async fn the_surge_challenge_is_a_puzzle_that_costs_work_to_answer() {
+    let app = spawn_app_with(|s| {
+        s.accounts.surge_registrations_per_sec = 0;
+        s.accounts.captcha_difficulty_bits = 14;
+    })
+    .await;
+    let mut hashes = 0u64;
+    let mut solved = Vec::new();
+    for _ in 0..8 {
+        let c = solve(&app).await;
+        hashes += c["answer"].as_str().unwrap().parse::<u64>().unwrap() + 1;
+        solved.push(c);
+    }
+    // 8 puzzles of 14 bits: ~131,000 hashes expected; far below that is not work.
+    assert!(hashes > 8 * 1_000, "{hashes} hashes for 8 answers");
+    let mut borrowed = solved[0].clone();
+    borrowed["challenge_id"] = solved[1]["challenge_id"].clone();
+    let register = |captcha: &Value, n: usize| json!({"email": format!("pow{n}@example.com"), "password": "long enough", "captcha": captcha});
+    let seed = borrowed["challenge_id"].as_str().unwrap();
+    let nonce = borrowed["answer"].as_str().unwrap();
+    // (One time in 2^14 the borrowed nonce happens to solve the other seed too.)
+    if !boxoffice::puzzle::solves(seed, 14, nonce) {
+        let with_borrowed = app
+            .post("/api/v1/users", None, &register(&borrowed, 0))
+            .await;
+        assert_eq!(with_borrowed.status(), 422, "an answer belongs to its seed");
+    }
+    let honest = app
+        .post("/api/v1/users", None, &register(&solved[2], 1))
+        .await;
+    assert_eq!(honest.status(), 201);
 }
 
 #[tokio::test]

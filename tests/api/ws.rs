@@ -515,8 +515,17 @@ async fn invalid_or_revoked_tokens_are_refused_and_a_revoked_one_closes_its_open
     let mut open = buyer_socket(&app, &token).await;
     let r = app.delete_as(&token, "/api/v1/sessions/current").await;
     assert!(r.status().is_success(), "logout: {}", r.status());
+    closes_as_signed_out(&mut open).await;
+    assert_eq!(
+        refused_with(ws_url(&app, &format!("/ws/me?token={token}"))).await,
+        401
+    );
+}
+
+/// The socket closes as signed out within a few re-check rounds.
+async fn closes_as_signed_out(open: &mut Client) {
     let started = std::time::Instant::now();
-    let (close, reason) = close_of(&mut open).await;
+    let (close, reason) = close_of(open).await;
     assert_eq!(
         (close, reason.as_str()),
         (CloseCode::Policy, "token revoked")
@@ -526,10 +535,25 @@ async fn invalid_or_revoked_tokens_are_refused_and_a_revoked_one_closes_its_open
         "closed after {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        refused_with(ws_url(&app, &format!("/ws/me?token={token}"))).await,
-        401
+}
+
+/// Signing out everywhere (or an operator demoting or disabling the account) sets the holder's
+/// stamp: a socket opened with any earlier token of theirs closes, not only a revoked one.
+#[tokio::test]
+async fn signing_out_everywhere_closes_the_sockets_of_every_earlier_token() {
+    let app = spawn_app_with(|s| s.ws.auth_recheck_secs = 1).await;
+    let email = format!("tabs-{}@example.com", uuid::Uuid::new_v4().simple());
+    app.register(&email, "correct horse battery").await;
+    let phone = app.login(&email, "correct horse battery").await;
+    let laptop = app.login(&email, "correct horse battery").await;
+    let mut open = buyer_socket(&app, &phone).await;
+    let r = app.delete_as(&laptop, "/api/v1/sessions").await;
+    assert!(
+        r.status().is_success(),
+        "sign out everywhere: {}",
+        r.status()
     );
+    closes_as_signed_out(&mut open).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 // Sign in and registration. Registration may answer 428 CAPTCHA_REQUIRED during a surge; the
-// error's details name the challenge endpoint (POST → {challenge_id, question}) and the answer
-// goes back in the same registration body as `captcha: {challenge_id, answer}`.
+// error's details name the challenge endpoint (POST → {challenge_id, difficulty}) and the answer
+// goes back in the same registration body as `captcha: {challenge_id, answer}` (the page
+// solves the server's proof-of-work puzzle itself).
 
 import { ApiError, api, el, setToken } from "./api.js";
 import { clearError, hashQuery, loadMe, showError, showMessage } from "./buyer-ui.js";
@@ -75,8 +76,6 @@ export function renderRegister(root) {
     submit,
     el("p", {}, "Already registered? ", el("a", { href: "#/login" }, "Sign in")),
   );
-  let challenge = null; // {challenge_id, question, input} once the server asked for one
-
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     busy(submit, async () => {
@@ -84,15 +83,14 @@ export function renderRegister(root) {
       if (email.value.trim()) body.email = email.value.trim();
       if (mobile.value.trim()) body.mobile = mobile.value.trim();
       if (name.value.trim()) body.display_name = name.value.trim();
-      if (challenge) body.captcha = { challenge_id: challenge.challenge_id, answer: challenge.input.value.trim() };
       try {
         await api("/users", { method: "POST", body });
       } catch (e) {
-        // A wrong captcha answer is single-use on the server: fetch a fresh challenge either way.
-        const captchaProblem = e instanceof ApiError &&
-          (e.code === "CAPTCHA_REQUIRED" || (challenge && e.details && e.details.field === "captcha"));
-        if (captchaProblem) challenge = await showCaptcha(captchaBox, e.details && e.details.challenge_url);
-        throw e;
+        // During a registration surge the server asks for proof of work: the page solves the
+        // puzzle itself (no question for the buyer) and sends the registration again.
+        if (!(e instanceof ApiError && e.code === "CAPTCHA_REQUIRED")) throw e;
+        body.captcha = await solveChallenge(captchaBox, e.details && e.details.challenge_url);
+        await api("/users", { method: "POST", body });
       }
       await signIn(body.email || body.mobile, body.password);
       showMessage("Welcome! Your account is ready.");
@@ -103,16 +101,32 @@ export function renderRegister(root) {
   email.focus();
 }
 
-/** Fetches a challenge and shows its question with an answer box; returns the challenge. */
-async function showCaptcha(box, url) {
+/**
+ * Fetches a proof-of-work challenge and solves it: the smallest decimal nonce whose
+ * SHA-256(challenge_id ":" nonce) starts with `difficulty` zero bits (about 2^difficulty
+ * hashes; a fraction of a second at the default). Returns `{challenge_id, answer}`.
+ */
+async function solveChallenge(box, url) {
   const path = (url || "/api/v1/captcha").replace(/^\/api\/v1/, "");
   const c = await api(path, { method: "POST" });
-  const input = el("input", { id: "captcha-answer", type: "text", inputmode: "numeric", required: true, autocomplete: "off" });
-  box.replaceChildren(
-    el("p", { id: "captcha-question", "data-testid": "captcha-question" }, c.question),
-    field("Your answer", input),
-  );
+  box.replaceChildren(el("p", { id: "captcha-status", "data-testid": "captcha-status" },
+    "Many people are signing up right now; your browser is proving it is not a bot…"));
   box.hidden = false;
-  input.focus();
-  return { ...c, input };
+  const encoder = new TextEncoder();
+  for (let nonce = 0; ; nonce++) {
+    const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", encoder.encode(`${c.challenge_id}:${nonce}`)));
+    if (leadingZeroBits(hash) >= c.difficulty) {
+      box.hidden = true;
+      return { challenge_id: c.challenge_id, answer: String(nonce) };
+    }
+  }
+}
+
+function leadingZeroBits(bytes) {
+  let bits = 0;
+  for (const b of bytes) {
+    if (b === 0) { bits += 8; continue; }
+    return bits + Math.clz32(b) - 24;
+  }
+  return bits;
 }
