@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Makes this Debian machine ready for boxoffice and manages the dev services.
 #
-#   dev/services.sh up      install what is missing, start PostgreSQL, Redis, pulsar-lite + bridge
-#   dev/services.sh down    stop pulsar-lite and the bridge (PostgreSQL and Redis are left running)
+#   dev/services.sh up      install what is missing, start PostgreSQL, Redis, pulsar-lite + bridge and
+#                           the mock payment provider (`boxoffice mockpay`, its own process and port)
+#   dev/services.sh down    stop pulsar-lite, the bridge and the provider (PostgreSQL and Redis are left running)
 #   dev/services.sh status  say what answers
 #   dev/services.sh install install what is missing, start nothing (dev/faults.sh: its stores are its own)
+#   dev/services.sh toolchain  only what building boxoffice needs (dev/demo.sh builds before `up`)
+#
+# The provider runs BOXOFFICE_BIN when set (dev/demo.sh passes its release build), else a debug
+# build of this checkout, with this checkout's config.toml.
 #
 # Idempotent. Reuses PostgreSQL on 5432 and Redis on 6379 when they already answer. Everything
 # comes from Debian packages, PyPI (pulsar-lite, schemathesis), npm or crates.io. State lives
@@ -17,6 +22,8 @@ PULSAR_LITE_VERSION="0.2.0"
 SCHEMATHESIS_VERSION="4.32.5"       # the API fuzz test (tests/api/fuzz.rs)
 PULSAR_LITE_ADDR="127.0.0.1:6651"   # the broker itself; only the bridge talks to it
 BRIDGE_ADDR="127.0.0.1:6650"        # what boxoffice and tests use: pulsar://127.0.0.1:6650
+# The mock payment provider: payments.mockpay.port (config.toml; the environment overrides it).
+MOCKPAY_ADDR="127.0.0.1:${BOXOFFICE__PAYMENTS__MOCKPAY__PORT:-8001}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 say() { printf '==> %s\n' "$*"; }
@@ -130,6 +137,22 @@ ensure_pulsar() {
     wait_port "$BRIDGE_ADDR" pulsar-bridge
 }
 
+boxoffice_bin() {
+    if [ -n "${BOXOFFICE_BIN:-}" ]; then echo "$BOXOFFICE_BIN"; return; fi
+    (cd "$ROOT" && cargo build --quiet --bin boxoffice)
+    echo "${CARGO_TARGET_DIR:-$ROOT/target}/debug/boxoffice"
+}
+
+ensure_mockpay() {
+    # A third party of its own: never served by the boxoffice server itself. Its callbacks go to
+    # the notify URL of its configuration (the server's public_url by default).
+    if port_open "$MOCKPAY_ADDR"; then say "mockpay answers on $MOCKPAY_ADDR (reused)"; return; fi
+    local bin; bin="$(boxoffice_bin)"
+    say "starting the mock payment provider on $MOCKPAY_ADDR"
+    start_daemon mockpay "$DATA/mockpay.log" "$bin" --config "$ROOT/config.toml" mockpay
+    wait_port "$MOCKPAY_ADDR" mockpay
+}
+
 stop_daemon() {
     local pidfile="$DATA/$1.pid"
     if [ -f "$pidfile" ]; then
@@ -139,7 +162,7 @@ stop_daemon() {
 }
 
 status() {
-    for pair in "postgresql 127.0.0.1:5432" "redis 127.0.0.1:6379" "pulsar-lite $PULSAR_LITE_ADDR" "pulsar-bridge $BRIDGE_ADDR"; do
+    for pair in "postgresql 127.0.0.1:5432" "redis 127.0.0.1:6379" "pulsar-lite $PULSAR_LITE_ADDR" "pulsar-bridge $BRIDGE_ADDR" "mockpay $MOCKPAY_ADDR"; do
         set -- $pair
         if port_open "$2"; then echo "$1: up ($2)"; else echo "$1: down ($2)"; fi
     done
@@ -165,12 +188,13 @@ case "${1:-up}" in
         ensure_postgres
         ensure_redis
         ensure_pulsar
+        ensure_mockpay
         ensure_browser
         ensure_schemathesis
         export PULSAR_LITE_BIN="$(pulsar_lite_bin)"
         say "services ready"
         ;;
-    down) stop_daemon pulsar-bridge; stop_daemon pulsar-lite ;;
+    down) stop_daemon mockpay; stop_daemon pulsar-bridge; stop_daemon pulsar-lite ;;
     status) status ;;
     install)
         mkdir -p "$DATA"
@@ -178,5 +202,6 @@ case "${1:-up}" in
         apt_install postgresql redis-server
         ensure_pulsar_lite_installed
         ;;
-    *) echo "usage: $0 [up|down|status|install]" >&2; exit 2 ;;
+    toolchain) ensure_toolchain ;;
+    *) echo "usage: $0 [up|down|status|install|toolchain]" >&2; exit 2 ;;
 esac

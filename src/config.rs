@@ -81,8 +81,9 @@ impl HealthSettings {
     }
 }
 
-/// Payment providers. The built-in `mockpay` stands in for a real third party: this process
-/// serves its pages and API under `/mockpay`, and our side talks to it over HTTP only.
+/// Payment providers. The built-in `mockpay` stands in for a real third party: it runs as a
+/// process of its own (`boxoffice mockpay`, [`crate::mockpay`]) on its own port, and our side
+/// talks to it over HTTP only, signing every merchant call.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentSettings {
@@ -92,15 +93,35 @@ pub struct PaymentSettings {
     pub mockpay: MockpaySettings,
 }
 
-/// The mock provider's address and its test switches.
+/// The mock provider: where it listens and is reached, the merchant it knows (us), where it
+/// sends that merchant's callbacks, its bounds and its test switches. One section for both
+/// sides, so the demo's single `config.toml` cannot give them different addresses or ids.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MockpaySettings {
-    /// Serve the mock provider and accept the `mockpay` channel. Off in production: anyone can
-    /// press its "pay" button.
+    /// Accept the `mockpay` channel. Off in production: anyone can press its "pay" button.
     pub enabled: bool,
-    /// Where its API and checkout pages live; empty = this server's `server.public_url`.
+    /// Interface the provider process binds.
+    pub host: String,
+    /// Port the provider process binds; 0 picks a free one (tests).
+    pub port: u16,
+    /// Where its API and checkout pages are reached (our client, the pay URLs it hands out);
+    /// empty = `http://{host}:{port}`.
     pub base_url: String,
+    /// Our merchant id at the provider; merchant calls are signed with
+    /// `secrets.payment_signing_key`, the key the provider holds for this id.
+    pub merchant_id: String,
+    /// Where the provider sends this merchant's callbacks: fixed by its configuration, never
+    /// taken from a request (a caller-chosen address made it a request forger and a signing
+    /// oracle). Empty = `server.public_url` + `/api/v1/payments/notify/mockpay`.
+    pub notify_url: String,
+    /// A signed merchant call whose timestamp is further than this from the provider's clock
+    /// is refused: a captured call cannot be replayed later.
+    pub signature_window_secs: u64,
+    /// Largest trade amount the provider opens, in minor units.
+    pub max_amount_cents: i64,
+    /// One token bucket per client address on every provider route.
+    pub rate_limit: BucketSettings,
     /// Callback deliveries tried before the provider gives up (a real provider retries for hours).
     pub callback_attempts: u32,
     /// Wait before the second delivery; doubles after each failure.
@@ -628,15 +649,32 @@ impl Settings {
         format!("{}:{}", self.server.host, self.server.port)
     }
 
-    /// Where the mock payment provider lives (its own setting, else this server).
+    /// Where the mock payment provider is reached (its own setting, else its listen address).
     pub fn mockpay_url(&self) -> String {
-        let base = &self.payments.mockpay.base_url;
-        let base = if base.is_empty() {
-            &self.server.public_url
-        } else {
-            base
-        };
-        base.trim_end_matches('/').to_string()
+        let m = &self.payments.mockpay;
+        if m.base_url.is_empty() {
+            return format!("http://{}:{}", m.host, m.port);
+        }
+        m.base_url.trim_end_matches('/').to_string()
+    }
+
+    /// `host:port` the mock provider process binds.
+    pub fn mockpay_bind_address(&self) -> String {
+        let m = &self.payments.mockpay;
+        format!("{}:{}", m.host, m.port)
+    }
+
+    /// Where the mock provider sends our callbacks (its own setting, else our notify route).
+    pub fn mockpay_notify_url(&self) -> String {
+        let url = &self.payments.mockpay.notify_url;
+        if !url.is_empty() {
+            return url.clone();
+        }
+        let base = self.server.public_url.trim_end_matches('/');
+        format!(
+            "{base}/api/v1/payments/notify/{}",
+            crate::payments::mockpay::CHANNEL
+        )
     }
 }
 

@@ -22,7 +22,8 @@
 //! - [`store`] — PostgreSQL (deadpool + refinery migrations), Redis (fred), Pulsar, and the
 //!   health probe whose flags make a store known down cost a request nothing but its 503.
 //! - [`http`] — the axum router, error format, operations endpoints, OpenAPI.
-//! - [`payments`] — the provider trait, our payment side, and the built-in `mockpay` provider.
+//! - [`payments`] — the provider trait, our payment side, and our client of `mockpay`.
+//! - [`mockpay`] — the mock payment provider, a third party of its own: `boxoffice mockpay`.
 //! - [`puzzle`] — the proof-of-work challenge that registration surges require.
 //! - [`bench`] — `boxoffice bench …`: side-by-side benchmarks with JSON summaries.
 //! - [`seed`] — demo data; [`crypto`] — password and id-number protection;
@@ -40,6 +41,7 @@ pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod mockpay;
 pub mod monitor;
 pub mod ordering;
 pub mod payments;

@@ -30,6 +30,9 @@ struct Cli {
 enum Command {
     /// Apply migrations, then serve the REST API, WebSockets and pages until SIGTERM or Ctrl-C.
     Serve,
+    /// Run the mock payment provider, a stand-in third party, on its own port
+    /// (`payments.mockpay.host`/`port`) until SIGTERM or Ctrl-C. Development only.
+    Mockpay,
     /// Apply pending database migrations and exit (safe to repeat).
     Migrate,
     /// Create demo areas, categories, 24 programs (incl. the "Demo Stadium Concert"),
@@ -213,6 +216,7 @@ fn main() -> anyhow::Result<()> {
     telemetry::init_logging(&settings.log);
     match cli.command {
         Command::Serve => serve(settings),
+        Command::Mockpay => tokio::runtime::Runtime::new()?.block_on(mockpay(settings)),
         Command::Bench(which) => {
             tokio::runtime::Runtime::new()?.block_on(run_bench(which, settings))
         }
@@ -250,6 +254,20 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         println!("boxoffice serving on {url}  (API {url}/api/v1, OpenAPI {url}/api-docs/openapi.json, health {url}/readyz)");
         boxoffice::serve(settings, listener, boxoffice::shutdown_signal()).await
     })
+}
+
+/// `boxoffice mockpay`: the mock provider on its own listener, as a third party would run.
+async fn mockpay(settings: Settings) -> anyhow::Result<()> {
+    let address = settings.mockpay_bind_address();
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    println!(
+        "mockpay serving on {} (callbacks to {})",
+        settings.mockpay_url(),
+        settings.mockpay_notify_url()
+    );
+    boxoffice::mockpay::run(settings, listener, boxoffice::shutdown_signal()).await
 }
 
 /// `boxoffice events tail`: to standard output until Ctrl-C or SIGTERM.
@@ -297,7 +315,11 @@ async fn run_admin_command(command: Command, settings: Settings) -> anyhow::Resu
             .await?;
             println!("admin {email} has user id {id}");
         }
-        Command::Serve | Command::Bench(_) | Command::Events(_) | Command::Chaos(_) => {
+        Command::Serve
+        | Command::Mockpay
+        | Command::Bench(_)
+        | Command::Events(_)
+        | Command::Chaos(_) => {
             unreachable!("handled in main")
         }
     }

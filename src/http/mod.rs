@@ -9,7 +9,6 @@ pub mod catalog;
 pub mod error;
 pub mod extractor;
 pub mod limits;
-pub mod mockpay;
 pub mod mq;
 pub mod openapi;
 pub mod ops;
@@ -35,7 +34,6 @@ use crate::payments::{PaymentProvider, Payments};
 use crate::store::Stores;
 use crate::store::bloom::HandleBloom;
 use crate::store::catalog_cache::CatalogCache;
-use crate::store::mockpay_trades::TradeBook;
 use crate::store::rate_limit::RateLimiter;
 use crate::store::sessions::SessionGuard;
 use crate::store::writer::{GroupCommitStore, GroupCommitWriter};
@@ -89,8 +87,6 @@ pub struct AppState {
     pub ordering: Ordering,
     /// Pays and refunds orders through the providers.
     pub payments: Payments,
-    /// The built-in mock payment provider (a stand-in third party served under `/mockpay`).
-    pub mockpay: mockpay::Mockpay,
     /// Each buyer's order events, for their open channels on this process.
     pub hub: crate::events::hub::Hub,
     /// WebSockets: seat-map feeds, open connections, buyer channels' tokens.
@@ -130,7 +126,7 @@ impl AppState {
             payment_window: chrono::Duration::seconds(settings.orders.payment_window_secs as i64),
             idempotency_ttl_secs: settings.orders.idempotency_ttl_secs as f64,
         };
-        let (payments, mockpay) = payment_parts(&settings, &stores, &supervisor);
+        let payments = payment_parts(&settings, &stores, &supervisor);
         let r = settings.reconcile;
         let mirror = r.mirror.then(|| {
             let coalesce = std::time::Duration::from_millis(r.mirror_coalesce_ms);
@@ -157,7 +153,6 @@ impl AppState {
         Ok(AppState {
             reconciler,
             payments,
-            mockpay,
             writer,
             supervisor,
             ordering,
@@ -182,28 +177,17 @@ impl AppState {
     }
 }
 
-/// Our payment side with its providers, and the mock provider it talks to.
-fn payment_parts(
-    settings: &Settings,
-    stores: &Stores,
-    supervisor: &Supervisor,
-) -> (Payments, mockpay::Mockpay) {
-    let key = settings.secrets.payment_signing_key.clone();
-    let client = MockpayClient::new(&settings.mockpay_url(), key.clone());
+/// Our payment side with its providers. The mock provider is not among the parts: it is a
+/// process of its own (`boxoffice mockpay`), reached over HTTP like any third party.
+fn payment_parts(settings: &Settings, stores: &Stores, supervisor: &Supervisor) -> Payments {
     let mut providers: HashMap<String, Arc<dyn PaymentProvider>> = HashMap::new();
-    if settings.payments.mockpay.enabled {
+    let m = &settings.payments.mockpay;
+    if m.enabled {
+        let key = settings.secrets.payment_signing_key.clone();
+        let client = MockpayClient::new(&settings.mockpay_url(), &m.merchant_id, key);
         providers.insert(crate::payments::mockpay::CHANNEL.into(), Arc::new(client));
     }
-    let payments = Payments::new(
-        stores.pg.clone(),
-        supervisor.clone(),
-        providers,
-        &settings.server.public_url,
-    );
-    let m = &settings.payments.mockpay;
-    let book = TradeBook::new(stores.redis.clone(), m.trade_ttl_secs);
-    let provider = mockpay::Mockpay::new(book, key, m.clone(), settings.mockpay_url());
-    (payments, provider)
+    Payments::new(stores.pg.clone(), supervisor.clone(), providers)
 }
 
 /// The `{items, total, page, per_page}` envelope of every paged list.
@@ -277,7 +261,6 @@ pub fn router(state: AppState) -> Router {
         .merge(web::router())
         .merge(orders::router(&state))
         .merge(payments::router(&state))
-        .merge(mockpay::router(&state))
         .merge(ws::router(&state))
         .route(
             "/api-docs/openapi.json",

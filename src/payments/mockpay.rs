@@ -1,9 +1,11 @@
 //! `mockpay`: the built-in payment provider's wire format and our client for it.
 //!
-//! The provider itself (`http::mockpay`) behaves like an external party: its own trade book,
-//! checkout page, signed asynchronous callbacks with retries, trade query and refund API. This
-//! module is all our side knows of it: JSON over HTTP and an HMAC-SHA256 signature, keyed with
-//! `secrets.payment_signing_key`, over the exact callback body.
+//! The provider itself ([`crate::mockpay`]) is a process of its own, an external party: its own
+//! trade book, checkout page, signed asynchronous callbacks with retries, trade query and refund
+//! API. This module is all our side knows of it: JSON over HTTP and HMAC-SHA256 signatures keyed
+//! with `secrets.payment_signing_key` — ours over every merchant call (method, path, timestamp
+//! and body, so a call cannot be replayed elsewhere or later), the provider's over the exact
+//! callback body.
 
 use super::{PaymentProvider, ProviderError, RefundRequest, TradeRequest, TradeState};
 use axum::http::HeaderMap;
@@ -16,8 +18,13 @@ use std::time::Duration;
 
 /// The channel name in our API.
 pub const CHANNEL: &str = "mockpay";
-/// Header carrying the hex HMAC-SHA256 of a callback body.
+/// Header carrying the hex HMAC-SHA256 of a callback body, or of a merchant call
+/// ([`sign_request`]).
 pub const SIGNATURE_HEADER: &str = "mockpay-signature";
+/// Header naming the merchant of a signed call.
+pub const MERCHANT_HEADER: &str = "mockpay-merchant";
+/// Header carrying a signed call's Unix time in seconds.
+pub const TIMESTAMP_HEADER: &str = "mockpay-timestamp";
 /// Trade status before the buyer pays.
 pub const WAITING: &str = "WAIT_BUYER_PAY";
 /// Trade status once paid.
@@ -25,8 +32,10 @@ pub const PAID: &str = "TRADE_SUCCESS";
 /// Trade status once refunded.
 pub const REFUNDED: &str = "REFUNDED";
 
-/// `POST /mockpay/api/trades`.
+/// `POST /mockpay/api/trades`. Unknown fields are refused: callbacks go where the provider's
+/// configuration says, so a `notify_url` here is an error, not something quietly ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateTrade {
     /// The merchant's bill id.
     pub out_trade_no: String,
@@ -34,8 +43,6 @@ pub struct CreateTrade {
     pub total_amount_cents: i64,
     /// Shown on the checkout page.
     pub subject: String,
-    /// Where callbacks go.
-    pub notify_url: String,
 }
 
 /// A trade as the provider reports it (trade query answer and callback body).
@@ -91,6 +98,7 @@ pub struct RefundDone {
 
 /// `POST /mockpay/api/refunds`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RefundCall {
     /// The trade.
     pub out_trade_no: String,
@@ -112,6 +120,42 @@ pub fn signature_valid(key: &SecretString, body: &[u8], signature_hex: &str) -> 
     hex::decode(signature_hex).is_ok_and(|sig| mac(key, body).verify_slice(&sig).is_ok())
 }
 
+/// Hex HMAC-SHA256 of a merchant call: method, path, timestamp and body, newline-separated.
+/// The method and path bind the signature to one operation on one resource, the timestamp lets
+/// the provider refuse replays outside its window.
+pub fn sign_request(key: &SecretString, call: &SignedCall<'_>) -> String {
+    sign(key, &call.signed_bytes())
+}
+
+/// Whether `signature_hex` is the call's signature (compared in constant time).
+pub fn request_signature_valid(
+    key: &SecretString,
+    call: &SignedCall<'_>,
+    signature_hex: &str,
+) -> bool {
+    signature_valid(key, &call.signed_bytes(), signature_hex)
+}
+
+/// What a merchant call's signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedCall<'a> {
+    /// `GET`, `POST`.
+    pub method: &'a str,
+    /// The URL's path, as sent (no query).
+    pub path: &'a str,
+    /// Unix time in seconds, as in [`TIMESTAMP_HEADER`].
+    pub timestamp: i64,
+    /// The exact body bytes (empty for a GET).
+    pub body: &'a [u8],
+}
+
+impl SignedCall<'_> {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let head = format!("{}\n{}\n{}\n", self.method, self.path, self.timestamp);
+        [head.as_bytes(), self.body].concat()
+    }
+}
+
 fn mac(key: &SecretString, body: &[u8]) -> Hmac<Sha256> {
     // HMAC takes keys of any length, so this never fails.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret().as_bytes())
@@ -120,16 +164,17 @@ fn mac(key: &SecretString, body: &[u8]) -> Hmac<Sha256> {
     mac
 }
 
-/// Our client of the provider's API.
+/// Our client of the provider's API: every call signed as merchant `merchant_id`.
 pub struct MockpayClient {
     http: reqwest::Client,
     base_url: String,
+    merchant_id: String,
     key: SecretString,
 }
 
 impl MockpayClient {
-    /// A client of the provider at `base_url`, verifying callbacks with `key`.
-    pub fn new(base_url: &str, key: SecretString) -> Self {
+    /// A client of the provider at `base_url`, signing calls and verifying callbacks with `key`.
+    pub fn new(base_url: &str, merchant_id: &str, key: SecretString) -> Self {
         let http = reqwest::Client::builder()
             // A provider that does not answer must not hold a buyer's request for long.
             .timeout(Duration::from_secs(10))
@@ -138,8 +183,39 @@ impl MockpayClient {
         MockpayClient {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
+            merchant_id: merchant_id.to_string(),
             key,
         }
+    }
+
+    /// Sends a signed call: `body` as JSON for a POST, nothing for a GET.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base_url)).map_err(unreadable)?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let call = SignedCall {
+            method: method.as_str(),
+            path: url.path(),
+            timestamp,
+            body: &body,
+        };
+        let signature = sign_request(&self.key, &call);
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .header(MERCHANT_HEADER, &self.merchant_id)
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature);
+        if method != reqwest::Method::GET {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        request.send().await.map_err(unreachable)
     }
 
     async fn post<T: Serialize>(
@@ -147,14 +223,8 @@ impl MockpayClient {
         path: &str,
         body: &T,
     ) -> Result<reqwest::Response, ProviderError> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base_url))
-            .json(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        accepted(response).await
+        let body = serde_json::to_vec(body).map_err(unreadable)?;
+        accepted(self.call(reqwest::Method::POST, path, body).await?).await
     }
 }
 
@@ -182,7 +252,6 @@ impl PaymentProvider for MockpayClient {
                 out_trade_no: trade.out_trade_no,
                 total_amount_cents: trade.amount_cents,
                 subject: trade.subject,
-                notify_url: trade.notify_url,
             };
             let answer: TradeOpened = self
                 .post("/mockpay/api/trades", &call)
@@ -211,8 +280,8 @@ impl PaymentProvider for MockpayClient {
         out_trade_no: String,
     ) -> BoxFuture<'_, Result<Option<TradeState>, ProviderError>> {
         Box::pin(async move {
-            let url = format!("{}/mockpay/api/trades/{out_trade_no}", self.base_url);
-            let response = self.http.get(url).send().await.map_err(unreachable)?;
+            let path = format!("/mockpay/api/trades/{out_trade_no}");
+            let response = self.call(reqwest::Method::GET, &path, Vec::new()).await?;
             if response.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(None);
             }
@@ -250,5 +319,39 @@ mod tests {
             &sig
         ));
         assert!(!signature_valid(&key, b"{\"a\":1}", "not hex"));
+    }
+
+    #[test]
+    fn a_call_signature_covers_method_path_time_and_body() {
+        let key = SecretString::from("k1");
+        let call = SignedCall {
+            method: "POST",
+            path: "/mockpay/api/refunds",
+            timestamp: 1_700_000_000,
+            body: b"{}",
+        };
+        let sig = sign_request(&key, &call);
+        assert!(request_signature_valid(&key, &call, &sig));
+        let variants = [
+            SignedCall {
+                method: "GET",
+                ..call
+            },
+            SignedCall {
+                path: "/mockpay/api/trades",
+                ..call
+            },
+            SignedCall {
+                timestamp: 1_700_000_001,
+                ..call
+            },
+            SignedCall {
+                body: b"{ }",
+                ..call
+            },
+        ];
+        for other in variants {
+            assert!(!request_signature_valid(&key, &other, &sig), "{other:?}");
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! Payments (ARCHITECTURE.md, "Expiry, payment, refund"; API.md, "Orders").
 //!
 //! Providers sit behind [`PaymentProvider`]; the built-in one is [`mockpay`], a stand-in for a
-//! real third party that this process also serves under `/mockpay` and that we only ever talk to
-//! over HTTP. [`Payments`] is our side of it: open a bill and a trade, apply a signed
-//! notice (from the callback or from an active trade query) exactly once, refund.
+//! real third party that runs as a process of its own ([`crate::mockpay`]) and that we only ever
+//! talk to over HTTP, with signed calls. [`Payments`] is our side of it: open a bill and a trade,
+//! apply a signed notice (from the callback or from an active trade query) exactly once, refund.
 //!
 //! The order row decides: a notice pays the order only if it is still `pending_payment` and
 //! within its window, in the same transaction that sells its seats (`store::payments`). A payment
@@ -35,8 +35,6 @@ pub struct TradeRequest {
     pub amount_cents: i64,
     /// What the buyer sees on the checkout page.
     pub subject: String,
-    /// Where the provider sends its callback.
-    pub notify_url: String,
 }
 
 /// A trade as the provider reports it (in a callback or a trade query).
@@ -171,8 +169,6 @@ pub struct Payments {
     pg: PgPool,
     supervisor: Supervisor,
     providers: Arc<HashMap<String, Arc<dyn PaymentProvider>>>,
-    /// This server's public base URL (for the notify endpoint the provider calls).
-    public_url: String,
 }
 
 impl Payments {
@@ -181,13 +177,11 @@ impl Payments {
         pg: PgPool,
         supervisor: Supervisor,
         providers: HashMap<String, Arc<dyn PaymentProvider>>,
-        public_url: &str,
     ) -> Self {
         Payments {
             pg,
             supervisor,
             providers: Arc::new(providers),
-            public_url: public_url.trim_end_matches('/').to_string(),
         }
     }
 
@@ -214,7 +208,6 @@ impl Payments {
             out_trade_no: payment_id.to_string(),
             amount_cents: order.total_cents,
             subject: format!("boxoffice order {}", order.order_no),
-            notify_url: format!("{}/api/v1/payments/notify/{channel}", self.public_url),
         };
         let pay_url = provider.create_trade(trade).await?;
         Ok(Started {

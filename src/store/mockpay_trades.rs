@@ -17,9 +17,9 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
          redis.call('HSET', KEYS[1], 'out_trade_no', ARGV[1], 'total_amount_cents', ARGV[2],
-                    'subject', ARGV[3], 'notify_url', ARGV[4], 'trade_status', ARGV[6],
+                    'subject', ARGV[3], 'trade_status', ARGV[5],
                     'callbacks_delivered', 0, 'refunded_cents', 0)
-         redis.call('EXPIRE', KEYS[1], ARGV[5])
+         redis.call('EXPIRE', KEYS[1], ARGV[4])
          return 1",
     )
 });
@@ -55,15 +55,14 @@ pub struct TradeBook {
     ttl_secs: u64,
 }
 
-/// A stored trade with the merchant's callback address.
+/// A stored trade with what only the checkout page shows. No callback address: callbacks go
+/// where the provider's configuration says, never where a caller asked.
 #[derive(Debug, Clone)]
 pub struct StoredTrade {
     /// As reported to the merchant.
     pub trade: Trade,
     /// Shown on the checkout page.
     pub subject: String,
-    /// Where callbacks go.
-    pub notify_url: String,
 }
 
 impl TradeBook {
@@ -82,7 +81,6 @@ impl TradeBook {
             t.out_trade_no.clone().into(),
             t.total_amount_cents.into(),
             t.subject.clone().into(),
-            t.notify_url.clone().into(),
             (self.ttl_secs as i64).into(),
             WAITING.into(),
         ];
@@ -171,6 +169,5 @@ fn parse(mut f: HashMap<String, String>) -> Option<StoredTrade> {
     Some(StoredTrade {
         trade,
         subject: f.remove("subject").unwrap_or_default(),
-        notify_url: f.remove("notify_url")?,
     })
 }

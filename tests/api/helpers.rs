@@ -105,6 +105,9 @@ pub struct TestApp {
     pub pg: PgPool,
     /// The settings the server runs with.
     pub settings: Settings,
+    /// The mock payment provider this server talks to, on a port of its own (a sibling shares
+    /// its first node's).
+    provider: Option<TestProvider>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -149,6 +152,67 @@ impl TestApp {
         self.http
             .delete(format!("{}{path}", self.address))
             .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `http://127.0.0.1:<port>` of the mock payment provider.
+    pub fn provider_url(&self) -> String {
+        self.settings.mockpay_url()
+    }
+
+    /// A merchant call to the mock provider signed as our server signs it: `body` is sent as
+    /// JSON when given (a POST), none makes it a GET.
+    pub async fn provider_call(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let timestamp = chrono::Utc::now().timestamp();
+        self.provider_call_with(
+            path,
+            body,
+            timestamp,
+            &self.settings.secrets.payment_signing_key,
+        )
+        .await
+    }
+
+    /// [`TestApp::provider_call`] with the timestamp and key chosen by the test.
+    pub async fn provider_call_with(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timestamp: i64,
+        key: &SecretString,
+    ) -> reqwest::Response {
+        use boxoffice::payments::mockpay::{
+            MERCHANT_HEADER, SIGNATURE_HEADER, SignedCall, TIMESTAMP_HEADER, sign_request,
+        };
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).unwrap())
+            .unwrap_or_default();
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let call = SignedCall {
+            method,
+            path,
+            timestamp,
+            body: &bytes,
+        };
+        let url = format!("{}{path}", self.provider_url());
+        let request = if body.is_some() {
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(bytes.clone())
+        } else {
+            self.http.get(url)
+        };
+        request
+            .header(MERCHANT_HEADER, &self.settings.payments.mockpay.merchant_id)
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, sign_request(key, &call))
             .send()
             .await
             .expect("request sent")
@@ -221,6 +285,38 @@ impl TestApp {
     }
 }
 
+/// A mock payment provider running in the test's runtime on its own port, stopped when dropped.
+pub struct TestProvider {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for TestProvider {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// Starts the provider on port 0 and points `settings` at it; its callbacks go to
+/// `settings.server.public_url`, so that must be set first.
+async fn spawn_provider(settings: &mut Settings, http: &reqwest::Client) -> TestProvider {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    settings.payments.mockpay.base_url = address.clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(boxoffice::mockpay::run(settings.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    wait_until_healthy(http, &address, &task).await;
+    TestProvider {
+        shutdown: Some(tx),
+        task,
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -262,16 +358,23 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
 async fn start(mut settings: Settings, db: Option<TestDb>) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().unwrap());
-    // Known only now: the payment provider's callbacks and checkout URLs point here.
+    // Known only now: the payment provider's callbacks point here.
     settings.server.public_url = address.clone();
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(boxoffice::serve(settings.clone(), listener, async {
-        let _ = rx.await;
-    }));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
+    // A sibling node inherits its first node's provider (and the callbacks' address).
+    let mockpay = &settings.payments.mockpay;
+    let provider = if mockpay.enabled && mockpay.base_url.is_empty() {
+        Some(spawn_provider(&mut settings, &http).await)
+    } else {
+        None
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(boxoffice::serve(settings.clone(), listener, async {
+        let _ = rx.await;
+    }));
     wait_until_healthy(&http, &address, &server).await;
     let pg = postgres::connect(&settings.database)
         .await
@@ -281,6 +384,7 @@ async fn start(mut settings: Settings, db: Option<TestDb>) -> TestApp {
         http,
         pg,
         settings,
+        provider,
         shutdown: Some(tx),
         server: Some(server),
         _db: db,

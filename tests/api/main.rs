@@ -17,6 +17,7 @@ mod faults;
 mod fuzz;
 mod hardening;
 mod limits;
+mod mockpay;
 mod ops;
 mod order_path;
 mod orders;

@@ -1,6 +1,6 @@
-//! Payment over HTTP against the built-in mock provider, which this same server hosts but which
-//! is reached only over HTTP: the full flow, duplicated / dropped / delayed callbacks, forged
-//! notices, late payments and refunds, and the error codes.
+//! Payment over HTTP against the mock provider, running on a port of its own as a third party
+//! does: the full flow, duplicated / dropped / delayed callbacks, forged notices, late payments
+//! and refunds, one open bill per order, and the error codes.
 
 use crate::helpers::{
     Buyer, TestApp, buyers, code, on_sale, order, order_fact, poll_until, seat_ids, seat_map,
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 /// A placed order of two front-row seats: (buyer, order number, its path).
-async fn two_seat_order(app: &TestApp, program: i64) -> (Buyer, String) {
+pub(crate) async fn two_seat_order(app: &TestApp, program: i64) -> (Buyer, String) {
     let b = buyers(app, 1, 2).await.remove(0);
     let seats = seat_ids(app, program).await;
     let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers,
@@ -27,15 +27,15 @@ async fn two_seat_order(app: &TestApp, program: i64) -> (Buyer, String) {
 }
 
 /// A program on sale and a fresh buyer's two-seat order with an open mockpay payment.
-struct Checkout {
-    program: i64,
-    buyer: Buyer,
-    no: String,
-    payment_id: String,
-    pay_url: String,
+pub(crate) struct Checkout {
+    pub program: i64,
+    pub buyer: Buyer,
+    pub no: String,
+    pub payment_id: String,
+    pub pay_url: String,
 }
 
-async fn checkout(app: &TestApp) -> Checkout {
+pub(crate) async fn checkout(app: &TestApp) -> Checkout {
     let (program, _, _) = on_sale(app, 4, 4).await;
     let (buyer, no) = two_seat_order(app, program).await;
     let (payment_id, pay_url) = start_payment(app, &buyer.token, &no).await;
@@ -80,13 +80,10 @@ pub(crate) async fn act(app: &TestApp, token: &str, no: &str, action: &str) -> r
     app.post(&path, Some(token), &json!({})).await
 }
 
-/// The provider's own view of the trade.
-async fn trade(app: &TestApp, payment_id: &str) -> Value {
-    app.get(&format!("/mockpay/api/trades/{payment_id}"))
-        .await
-        .json()
-        .await
-        .unwrap()
+/// The provider's own view of the trade (a signed merchant query, as pay-check makes).
+pub(crate) async fn trade(app: &TestApp, payment_id: &str) -> Value {
+    let path = format!("/mockpay/api/trades/{payment_id}");
+    app.provider_call(&path, None).await.json().await.unwrap()
 }
 
 /// The provider's count of acknowledged callbacks, once it reaches `n` (or after 10 s).
@@ -135,7 +132,8 @@ async fn pay_then_refund_moves_the_order_and_its_seats() {
         pay_url,
         ..
     } = checkout(&app).await;
-    assert!(pay_url.starts_with(&format!("{}/mockpay/checkout/", app.address)));
+    let checkout_at = format!("{}/mockpay/checkout/", app.provider_url());
+    assert!(pay_url.starts_with(&checkout_at), "{pay_url}");
     let page = app.http.get(&pay_url).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(
@@ -308,14 +306,18 @@ async fn a_delayed_callback_after_pay_check_changes_nothing() {
 }
 
 /// A notice for the bill as mockpay would send it.
-fn notice(payment_id: &str, amount_cents: i64) -> Vec<u8> {
+pub(crate) fn notice(payment_id: &str, amount_cents: i64) -> Vec<u8> {
     serde_json::to_vec(&json!({"out_trade_no": payment_id, "trade_no": "MPforged",
         "total_amount_cents": amount_cents, "trade_status": "TRADE_SUCCESS",
         "paid_at": "2026-11-22T00:00:00Z"}))
     .unwrap()
 }
 
-async fn notify(app: &TestApp, body: Vec<u8>, signature: Option<String>) -> reqwest::Response {
+pub(crate) async fn notify(
+    app: &TestApp,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> reqwest::Response {
     let mut req = app
         .http
         .post(format!("{}/api/v1/payments/notify/mockpay", app.address))

@@ -1,59 +1,30 @@
-//! The mock payment provider (API.md, "Mock payment provider"). This process serves it, but it
-//! behaves as an external party: its own trade book (`store::mockpay_trades`), a checkout page,
-//! an asynchronous callback signed with the shared key and retried with backoff until the
-//! merchant answers 2xx, a trade query and a refund API. Our side (`payments::mockpay`) reaches
-//! it over HTTP only, so swapping in a real provider changes no caller.
+//! The provider's handlers: trade creation, query and refund for the merchant; the checkout page
+//! and its "pay" button for the buyer; the signed callback to the merchant's notify URL,
+//! retried with backoff until it answers 2xx.
 //!
 //! Test switches (`payments.mockpay`): delay, drop or duplicate callbacks.
 
-use super::AppState;
-use super::error::ApiError;
-use super::extractor::ApiJson;
-use crate::config::MockpaySettings;
+use super::Provider;
+use crate::http::error::ApiError;
+use crate::http::extractor::ApiJson;
 use crate::payments::mockpay::{
-    CreateTrade, RefundCall, RefundDone, SIGNATURE_HEADER, TradeOpened, sign,
+    CreateTrade, RefundCall, RefundDone, SIGNATURE_HEADER, Trade, TradeOpened, sign,
 };
-use crate::store::mockpay_trades::{StoredTrade, TradeBook};
+use crate::store::mockpay_trades::StoredTrade;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use secrecy::SecretString;
 use std::time::Duration;
 
-/// The provider: its book, its HTTP client for callbacks, its key and switches.
-#[derive(Clone)]
-pub struct Mockpay {
-    book: TradeBook,
-    http: reqwest::Client,
-    key: SecretString,
-    settings: MockpaySettings,
-    base_url: String,
-}
+/// Longest checkout subject: it is shown on a page and kept for `trade_ttl_secs`.
+const MAX_SUBJECT_CHARS: usize = 128;
+/// Longest trade or refund number: they name Redis keys and appear in URLs.
+const MAX_NUMBER_CHARS: usize = 64;
+/// Longest refund reason: logged, never stored.
+const MAX_REASON_CHARS: usize = 128;
 
-impl Mockpay {
-    /// The provider at `base_url`, signing with `key`.
-    pub fn new(
-        book: TradeBook,
-        key: SecretString,
-        settings: MockpaySettings,
-        base_url: String,
-    ) -> Self {
-        let http = reqwest::Client::builder()
-            // One slow merchant answer must not stall the retry schedule.
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        Mockpay {
-            book,
-            http,
-            key,
-            settings,
-            base_url,
-        }
-    }
-
+impl Provider {
     /// Sends the paid trade's callback, honouring the test switches.
     async fn notify(self, out_trade_no: String) {
         if self.settings.drop_callbacks {
@@ -74,19 +45,20 @@ impl Mockpay {
             1
         };
         let body = callback_body(&stored);
-        let signature = sign(&self.key, &body);
+        let signature = sign(&self.merchant.key, &body);
         let sends = (0..copies).map(|_| self.deliver(&stored, &body, &signature));
         futures::future::join_all(sends).await;
     }
 
-    /// One callback, retried with doubling waits until the merchant answers 2xx.
+    /// One callback to the merchant's configured notify URL, retried with doubling waits until
+    /// it answers 2xx.
     async fn deliver(&self, stored: &StoredTrade, body: &[u8], signature: &str) {
         let out_trade_no = &stored.trade.out_trade_no;
         let mut wait = Duration::from_millis(self.settings.callback_backoff_ms);
         for attempt in 1..=self.settings.callback_attempts {
             let sent = self
                 .http
-                .post(&stored.notify_url)
+                .post(&self.merchant.notify_url)
                 .header(SIGNATURE_HEADER, signature)
                 .header(header::CONTENT_TYPE.as_str(), "application/json")
                 .body(body.to_vec())
@@ -111,6 +83,17 @@ impl Mockpay {
         }
         tracing::warn!(%out_trade_no, "mockpay: callback given up");
     }
+
+    /// The trade, or the provider's 404.
+    async fn trade(&self, out_trade_no: &str) -> Result<StoredTrade, ApiError> {
+        if !is_number(out_trade_no) {
+            return Err(ApiError::not_found("trade"));
+        }
+        self.book
+            .get(out_trade_no)
+            .await?
+            .ok_or_else(|| ApiError::not_found("trade"))
+    }
 }
 
 /// The callback body: the trade as the query reports it, minus delivery bookkeeping.
@@ -120,46 +103,62 @@ fn callback_body(stored: &StoredTrade) -> Vec<u8> {
     serde_json::to_vec(&trade).unwrap_or_default()
 }
 
-/// The provider's routes (no rate limits: it stands for another company's servers); none
-/// when `payments.mockpay.enabled` is off.
-pub fn router(state: &AppState) -> Router<AppState> {
-    if !state.settings.payments.mockpay.enabled {
-        return Router::new();
-    }
-    Router::new()
-        .route("/mockpay/api/trades", post(create_trade))
-        .route("/mockpay/api/trades/{out_trade_no}", get(query_trade))
-        .route("/mockpay/api/refunds", post(refund))
-        .route("/mockpay/checkout/{out_trade_no}", get(checkout_page))
-        .route("/mockpay/checkout/{out_trade_no}/complete", post(complete))
+/// A merchant's trade or refund number: 1 to 64 letters, digits, `-` or `_` (our bills are
+/// UUIDs). Anything else could not name a Redis key or a URL segment safely.
+fn is_number(s: &str) -> bool {
+    (1..=MAX_NUMBER_CHARS).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-impl Mockpay {
-    /// The trade, or the provider's 404.
-    async fn trade(&self, out_trade_no: &str) -> Result<StoredTrade, ApiError> {
-        self.book
-            .get(out_trade_no)
-            .await?
-            .ok_or_else(|| ApiError::not_found("trade"))
+/// `field` as [`is_number`] wants it, or 422 naming it.
+fn check_number(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_number(value) {
+        return Ok(());
     }
+    Err(ApiError::validation(
+        field,
+        format!("must be 1 to {MAX_NUMBER_CHARS} letters, digits, '-' or '_'"),
+    ))
+}
+
+/// `field` at most `max` characters, or 422 naming it.
+fn check_length(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.chars().count() <= max {
+        return Ok(());
+    }
+    Err(ApiError::validation(
+        field,
+        format!("must be at most {max} characters"),
+    ))
+}
+
+/// A trade the provider is willing to open: bounded number, subject and amount.
+fn check_trade(call: &CreateTrade, max_amount_cents: i64) -> Result<(), ApiError> {
+    check_number("out_trade_no", &call.out_trade_no)?;
+    check_length("subject", &call.subject, MAX_SUBJECT_CHARS)?;
+    if !(1..=max_amount_cents).contains(&call.total_amount_cents) {
+        return Err(ApiError::validation(
+            "total_amount_cents",
+            format!("must be between 1 and {max_amount_cents}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /healthz`: the process is up (dev/services.sh and tests wait for it).
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `POST /mockpay/api/trades`: opens a trade (idempotent per `out_trade_no`).
-async fn create_trade(
-    State(st): State<AppState>,
+pub async fn create_trade(
+    State(p): State<Provider>,
     ApiJson(call): ApiJson<CreateTrade>,
 ) -> Result<Response, ApiError> {
-    if call.total_amount_cents < 0 || call.out_trade_no.is_empty() {
-        return Err(ApiError::validation(
-            "total_amount_cents",
-            "must be ≥ 0 with a trade number",
-        ));
-    }
-    st.mockpay.book.create(&call).await?;
-    let pay_url = format!(
-        "{}/mockpay/checkout/{}",
-        st.mockpay.base_url, call.out_trade_no
-    );
+    check_trade(&call, p.settings.max_amount_cents)?;
+    p.book.create(&call).await?;
+    let pay_url = format!("{}/mockpay/checkout/{}", p.base_url, call.out_trade_no);
     let body = TradeOpened {
         out_trade_no: call.out_trade_no,
         pay_url,
@@ -168,27 +167,29 @@ async fn create_trade(
 }
 
 /// `GET /mockpay/api/trades/{out_trade_no}`: the trade query pay-check uses.
-async fn query_trade(
-    State(st): State<AppState>,
+pub async fn query_trade(
+    State(p): State<Provider>,
     Path(out_trade_no): Path<String>,
-) -> Result<Json<crate::payments::mockpay::Trade>, ApiError> {
-    let stored = st.mockpay.trade(&out_trade_no).await?;
+) -> Result<Json<Trade>, ApiError> {
+    let stored = p.trade(&out_trade_no).await?;
     Ok(Json(stored.trade))
 }
 
 /// `POST /mockpay/api/refunds`: refunds a paid trade in full, once per `out_request_no`.
-async fn refund(
-    State(st): State<AppState>,
+pub async fn refund(
+    State(p): State<Provider>,
     ApiJson(call): ApiJson<RefundCall>,
 ) -> Result<Json<RefundDone>, ApiError> {
-    let stored = st.mockpay.trade(&call.out_trade_no).await?;
+    check_number("out_request_no", &call.out_request_no)?;
+    check_length("reason", &call.reason, MAX_REASON_CHARS)?;
+    let stored = p.trade(&call.out_trade_no).await?;
     if call.refund_amount_cents != stored.trade.total_amount_cents {
         return Err(ApiError::validation(
             "refund_amount_cents",
             "must equal the trade's amount",
         ));
     }
-    let book = &st.mockpay.book;
+    let book = &p.book;
     if !book
         .refund(
             &call.out_trade_no,
@@ -211,11 +212,11 @@ async fn refund(
 }
 
 /// `GET /mockpay/checkout/{out_trade_no}`: the page a buyer pays on.
-async fn checkout_page(
-    State(st): State<AppState>,
+pub async fn checkout_page(
+    State(p): State<Provider>,
     Path(out_trade_no): Path<String>,
 ) -> Result<Html<String>, ApiError> {
-    let stored = st.mockpay.trade(&out_trade_no).await?;
+    let stored = p.trade(&out_trade_no).await?;
     Ok(Html(checkout_html(&stored)))
 }
 
@@ -247,20 +248,23 @@ fn escape(s: &str) -> String {
 
 /// `POST /mockpay/checkout/{out_trade_no}/complete`: the buyer pays; the callback follows
 /// asynchronously. Paying twice pays once.
-async fn complete(
-    State(st): State<AppState>,
+pub async fn complete(
+    State(p): State<Provider>,
     Path(out_trade_no): Path<String>,
-) -> Result<Json<crate::payments::mockpay::Trade>, ApiError> {
+) -> Result<Json<Trade>, ApiError> {
+    if !is_number(&out_trade_no) {
+        return Err(ApiError::not_found("trade"));
+    }
     let trade_no = format!("MP{}", uuid::Uuid::new_v4().simple());
     let paid_at = chrono::Utc::now().to_rfc3339();
-    let book = &st.mockpay.book;
-    let newly_paid = book
+    let newly_paid = p
+        .book
         .pay(&out_trade_no, &trade_no, &paid_at)
         .await?
         .ok_or_else(|| ApiError::not_found("trade"))?;
     if newly_paid {
-        tokio::spawn(st.mockpay.clone().notify(out_trade_no.clone()));
+        tokio::spawn(p.clone().notify(out_trade_no.clone()));
     }
-    let stored = st.mockpay.trade(&out_trade_no).await?;
+    let stored = p.trade(&out_trade_no).await?;
     Ok(Json(stored.trade))
 }
