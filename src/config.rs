@@ -409,6 +409,10 @@ pub struct RateLimitSettings {
     pub account: GroupLimits,
     /// Admin endpoints.
     pub admin: GroupLimits,
+    /// The payment providers' callbacks, per client address (a provider has no user).
+    pub notify: BucketSettings,
+    /// `/readyz` and `/metrics`, per client address.
+    pub ops: BucketSettings,
 }
 
 /// The two buckets of a route group.

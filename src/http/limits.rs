@@ -26,6 +26,10 @@ pub enum Group {
     Account,
     /// Admin endpoints.
     Admin,
+    /// The payment providers' callbacks (per address only: a provider has no user).
+    Notify,
+    /// `/readyz` and `/metrics` (per address only).
+    Ops,
 }
 
 impl Group {
@@ -35,16 +39,22 @@ impl Group {
             Group::Catalog => "catalog",
             Group::Account => "account",
             Group::Admin => "admin",
+            Group::Notify => "notify",
+            Group::Ops => "ops",
         }
     }
 
-    fn limits(self, state: &AppState) -> GroupLimits {
+    /// The per-address bucket, and the per-user one where the group has users.
+    fn limits(self, state: &AppState) -> (BucketSettings, Option<BucketSettings>) {
         let r = &state.settings.rate_limit;
+        let both = |g: GroupLimits| (g.per_ip, Some(g.per_user));
         match self {
-            Group::Auth => r.auth,
-            Group::Catalog => r.catalog,
-            Group::Account => r.account,
-            Group::Admin => r.admin,
+            Group::Auth => both(r.auth),
+            Group::Catalog => both(r.catalog),
+            Group::Account => both(r.account),
+            Group::Admin => both(r.admin),
+            Group::Notify => (r.notify, None),
+            Group::Ops => (r.ops, None),
         }
     }
 }
@@ -67,6 +77,16 @@ pub async fn account(State(st): State<AppState>, req: Request, next: Next) -> Re
 /// Middleware for [`Group::Admin`] routes.
 pub async fn admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
     enforce(st, Group::Admin, req, next).await
+}
+
+/// Middleware for [`Group::Notify`] routes.
+pub async fn notify(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    enforce(st, Group::Notify, req, next).await
+}
+
+/// Middleware for [`Group::Ops`] routes.
+pub async fn ops(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    enforce(st, Group::Ops, req, next).await
 }
 
 /// The client as rate limits and login throttling name it: its address, an IPv6 address
@@ -146,10 +166,10 @@ fn buckets(
     if !st.settings.rate_limit.enabled {
         return Vec::new();
     }
-    let limits = group.limits(st);
-    let mut buckets = vec![(format!("{}:ip:{ip}", group.name()), limits.per_ip)];
-    if let Some(user) = user_id {
-        buckets.push((format!("{}:user:{user}", group.name()), limits.per_user));
+    let (per_ip, per_user) = group.limits(st);
+    let mut buckets = vec![(format!("{}:ip:{ip}", group.name()), per_ip)];
+    if let (Some(user), Some(per_user)) = (user_id, per_user) {
+        buckets.push((format!("{}:user:{user}", group.name()), per_user));
     }
     buckets
 }

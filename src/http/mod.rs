@@ -248,7 +248,7 @@ pub fn router(state: AppState) -> Router {
             MAX_BODY_BYTES,
         ));
     Router::new()
-        .merge(ops::router())
+        .merge(ops::router(&state))
         .merge(accounts::router(&state))
         .merge(ticket_buyers::router(&state))
         .merge(catalog::router(&state))

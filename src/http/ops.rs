@@ -11,12 +11,19 @@ use axum::routing::get;
 use serde::Serialize;
 use serde_json::json;
 
-/// Routes of this module.
-pub fn router() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/healthz", get(healthz))
+/// Routes of this module. `/readyz` and `/metrics` take from the `ops` bucket: they are public
+/// and each answer costs a little (a metrics render is the whole registry), so one client may
+/// not flood them. `/healthz` is free: it costs nothing, and liveness probes must never be
+/// refused.
+pub fn router(state: &AppState) -> axum::Router<AppState> {
+    let limited = axum::Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::limits::ops,
+        ));
+    limited.route("/healthz", get(healthz))
 }
 
 /// Liveness answer.

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-/// Buyer routes (with the `account` rate limit) and the provider's notify route (without: it
-/// is the provider's servers calling, authenticated by signature).
+/// Buyer routes (with the `account` rate limit) and the provider's notify route (with the
+/// per-address `notify` bucket: it is public, and each call costs an HMAC and a transaction).
 pub fn router(state: &AppState) -> Router<AppState> {
     let buyer = Router::new()
         .route("/api/v1/orders/{order_no}/payments", post(start))
@@ -29,7 +29,13 @@ pub fn router(state: &AppState) -> Router<AppState> {
             state.clone(),
             limits::account,
         ));
-    buyer.route("/api/v1/payments/notify/{channel}", post(notify))
+    let notify = Router::new()
+        .route("/api/v1/payments/notify/{channel}", post(notify))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::notify,
+        ));
+    buyer.merge(notify)
 }
 
 impl From<PaymentError> for ApiError {
@@ -109,11 +115,13 @@ pub async fn start(
 }
 
 /// `POST /api/v1/payments/notify/{channel}`: the provider's asynchronous callback. A bad
-/// signature is a 401 and changes nothing; a repeated notice changes nothing either.
+/// signature is a 401 and changes nothing; a repeated notice changes nothing either; more than
+/// the `rate_limit.notify` bucket allows from one address is a 429 (the provider retries).
 #[utoipa::path(post, path = "/api/v1/payments/notify/{channel}", tag = "payments",
     request_body(content = String, description = "The provider's signed notice, verbatim"),
     params(("channel" = String, Path, description = "Provider channel")),
     responses((status = 200, description = "Applied (or applied before)", body = NoticeAccepted), (status = 401, description = "Bad signature"),
+        (status = 429, description = "Too many notices from this address (RATE_LIMITED)"),
         (status = 422, description = "Amount differs from the bill")))]
 pub async fn notify(
     State(st): State<AppState>,

@@ -1,9 +1,10 @@
 //! The mock payment provider as the third party it stands for: its own process and port (the
 //! production server does not serve it), merchant calls signed and checked, the callback
-//! address fixed by its configuration, bounded inputs and rate limits on its routes.
+//! address fixed by its configuration, bounded inputs, rate limits on its routes and on our
+//! notify route.
 
 use crate::helpers::{code, spawn_app, spawn_app_with};
-use crate::payments::{checkout, complete, status_once, trade};
+use crate::payments::{checkout, complete, notice, notify, status_once, trade};
 use boxoffice::config::BucketSettings;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -223,4 +224,31 @@ async fn the_provider_limits_each_client_with_429() {
     assert_eq!(code(r).await, (429, "RATE_LIMITED".into()));
     let r = app.provider_call(TRADES, Some(&trade_call("x", 1))).await;
     assert_eq!(code(r).await.0, 429, "merchant calls share the bucket");
+}
+
+#[tokio::test]
+async fn our_notify_route_is_rate_limited_per_client() {
+    let app = spawn_app_with(|s| s.rate_limit.notify = SLOW).await;
+    for _ in 0..3 {
+        let r = notify(&app, notice("x", 1), Some("00".into())).await;
+        assert_eq!(code(r).await, (401, "BAD_SIGNATURE".into()));
+    }
+    let r = notify(&app, notice("x", 1), Some("00".into())).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(code(r).await, (429, "RATE_LIMITED".into()));
+    assert_eq!(app.get("/readyz").await.status(), 200, "its own bucket");
+}
+
+#[tokio::test]
+async fn readyz_and_metrics_are_rate_limited_and_healthz_is_not() {
+    let app = spawn_app_with(|s| s.rate_limit.ops = SLOW).await;
+    for path in ["/readyz", "/metrics", "/readyz"] {
+        assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
+    assert_eq!(code(app.get("/metrics").await).await.0, 429);
+    assert_eq!(
+        code(app.get("/readyz").await).await,
+        (429, "RATE_LIMITED".into())
+    );
+    assert_eq!(app.get("/healthz").await.status(), 200);
 }
