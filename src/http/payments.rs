@@ -87,10 +87,13 @@ pub struct NoticeAccepted {
 }
 
 /// `POST /api/v1/orders/{order_no}/payments`: a bill for the order's total and the provider's
-/// checkout URL.
+/// checkout URL — 201 for a new bill, 200 with the same bill while the order has one open on
+/// the channel (pressing "pay" again opens no second trade).
 #[utoipa::path(post, path = "/api/v1/orders/{order_no}/payments", tag = "payments", request_body = StartPayment,
     params(("order_no" = String, Path, description = "Order number")),
-    responses((status = 201, description = "The bill and where to pay it", body = PaymentStarted), (status = 404, description = "No such order of the caller"),
+    responses((status = 201, description = "A new bill and where to pay it", body = PaymentStarted),
+        (status = 200, description = "The order's bill already open on this channel", body = PaymentStarted),
+        (status = 404, description = "No such order of the caller"),
         (status = 409, description = "The order is not pending payment (NOT_PAYABLE)")))]
 pub async fn start(
     State(st): State<AppState>,
@@ -107,11 +110,16 @@ pub async fn start(
     };
     let now = st.ordering.clock.now();
     let started = st.payments.start(&payable, &body.channel, now).await?;
+    let status = if started.new_bill {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let answer = PaymentStarted {
         payment_id: started.payment_id,
         pay_url: started.pay_url,
     };
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((status, Json(answer)))
 }
 
 /// `POST /api/v1/payments/notify/{channel}`: the provider's asynchronous callback. A bad

@@ -2,8 +2,9 @@
 //!
 //! Providers sit behind [`PaymentProvider`]; the built-in one is [`mockpay`], a stand-in for a
 //! real third party that runs as a process of its own ([`crate::mockpay`]) and that we only ever
-//! talk to over HTTP, with signed calls. [`Payments`] is our side of it: open a bill and a trade,
-//! apply a signed notice (from the callback or from an active trade query) exactly once, refund.
+//! talk to over HTTP, with signed calls. [`Payments`] is our side of it: open a bill and a trade
+//! (one open bill per order and channel, however often the buyer presses "pay"), apply a signed
+//! notice (from the callback or from an active trade query) exactly once, refund.
 //!
 //! The order row decides: a notice pays the order only if it is still `pending_payment` and
 //! within its window, in the same transaction that sells its seats (`store::payments`). A payment
@@ -141,13 +142,15 @@ impl From<ProviderError> for PaymentError {
     }
 }
 
-/// A payment just opened.
+/// A payment just opened, or the one already open.
 #[derive(Debug, Clone)]
 pub struct Started {
     /// Our bill id.
     pub payment_id: Uuid,
     /// Where the buyer pays.
     pub pay_url: String,
+    /// False when the order already had an open bill on the channel, answered again.
+    pub new_bill: bool,
 }
 
 /// The order fields a payment needs.
@@ -191,7 +194,10 @@ impl Payments {
             .ok_or_else(|| PaymentError::UnknownChannel(channel.to_string()))
     }
 
-    /// Opens a bill for the order's total and a trade at the provider.
+    /// Opens a bill for the order's total and a trade at the provider — or, when the order
+    /// already has an open bill on this channel, answers that one again (its trade is opened
+    /// again too, which the provider treats as a repeat): a buyer pressing "pay" twice, or two
+    /// tabs racing, share one bill instead of stacking up trades.
     pub async fn start(
         &self,
         order: &Payable,
@@ -202,17 +208,19 @@ impl Payments {
         if order.status != "pending_payment" || order.expires_at <= now {
             return Err(PaymentError::NotPayable(order.status.clone()));
         }
-        let payment_id =
-            bills::create_bill(&self.pg, order.order_no, channel, order.total_cents).await?;
+        let bill = bills::open_bill(&self.pg, order.order_no, channel, order.total_cents)
+            .await?
+            .ok_or_else(|| PaymentError::NotPayable("paid".into()))?;
         let trade = TradeRequest {
-            out_trade_no: payment_id.to_string(),
+            out_trade_no: bill.id.to_string(),
             amount_cents: order.total_cents,
             subject: format!("boxoffice order {}", order.order_no),
         };
         let pay_url = provider.create_trade(trade).await?;
         Ok(Started {
-            payment_id,
+            payment_id: bill.id,
             pay_url,
+            new_bill: bill.created,
         })
     }
 

@@ -309,7 +309,7 @@ impl Reconciler {
             .query(
                 "SELECT b.order_no, min(o.program_id) FROM payment_bills b
                  JOIN orders o ON o.gene = (b.order_no & 15)::smallint AND o.order_no = b.order_no
-                 WHERE b.status = 'created' AND o.status = 'pending_payment'
+                 WHERE b.status IN ('created', 'superseded') AND o.status = 'pending_payment'
                    AND b.created_at < now() - make_interval(secs => $1)
                  GROUP BY b.order_no ORDER BY min(b.created_at) LIMIT $2",
                 &[&grace, &PAY_CHECKS_PER_PASS],

@@ -99,22 +99,50 @@ pub enum RefundOutcome {
     UnknownOrder,
 }
 
-/// Opens a bill for the order's total.
-pub async fn create_bill(
+/// The order's open bill on a channel, as [`open_bill`] answers it.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenBill {
+    /// Our id, the provider's `out_trade_no`.
+    pub id: Uuid,
+    /// Opened by this call (false: it was open already).
+    pub created: bool,
+}
+
+/// The order's open bill on `channel`: a new one for `amount_cents`, or the one already open
+/// (the partial unique index `payment_bills_one_open` allows one). A racing call's insert
+/// conflicts and waits for the winner, then reads the winner's bill in a statement of its own
+/// (a fresh snapshot: the insert's statement could not see a row committed after it began).
+/// `None` when the open bill was paid between the two statements: the order is paid.
+pub async fn open_bill(
     pool: &PgPool,
     order_no: i64,
     channel: &str,
     amount_cents: i64,
-) -> Result<Uuid, StoreError> {
+) -> Result<Option<OpenBill>, StoreError> {
+    let client = pool.get().await?;
     let id = Uuid::new_v4();
-    pool.get()
-        .await?
+    let inserted = client
         .execute(
-            "INSERT INTO payment_bills (id, order_no, channel, amount_cents, status) VALUES ($1, $2, $3, $4, 'created')",
+            "INSERT INTO payment_bills (id, order_no, channel, amount_cents, status)
+             VALUES ($1, $2, $3, $4, 'created')
+             ON CONFLICT (order_no, channel) WHERE status = 'created' DO NOTHING",
             &[&id, &order_no, &channel, &amount_cents],
         )
         .await?;
-    Ok(id)
+    if inserted == 1 {
+        return Ok(Some(OpenBill { id, created: true }));
+    }
+    let open = client
+        .query_opt(
+            "SELECT id FROM payment_bills
+             WHERE order_no = $1 AND channel = $2 AND status = 'created'",
+            &[&order_no, &channel],
+        )
+        .await?;
+    Ok(open.map(|row| OpenBill {
+        id: row.get(0),
+        created: false,
+    }))
 }
 
 /// Bills of the order still waiting for the provider (what pay-check asks about).
@@ -124,7 +152,7 @@ pub async fn open_bills(pool: &PgPool, order_no: i64) -> Result<Vec<Bill>, Store
         .await?
         .query(
             "SELECT id, channel FROM payment_bills
-             WHERE order_no = $1 AND status = 'created' ORDER BY created_at",
+             WHERE order_no = $1 AND status IN ('created', 'superseded') ORDER BY created_at",
             &[&order_no],
         )
         .await?;
@@ -187,7 +215,7 @@ pub async fn apply_payment(
         return Ok(PaymentOutcome::UnknownBill);
     };
     let (order_no, channel, expected): (i64, String, i64) = (bill.get(0), bill.get(1), bill.get(2));
-    if bill.get::<_, &str>(3) != "created" {
+    if !is_unpaid(bill.get(3)) {
         return Ok(PaymentOutcome::AlreadyApplied);
     }
     if amount_cents != expected {
@@ -208,6 +236,13 @@ pub async fn apply_payment(
     let outcome = settle_order(&tx, order_no, &paid).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Whether a bill in `status` can still be paid: open, or one of the extra open bills from
+/// before one bill per order and channel was enforced (V13 marked them `superseded`; their
+/// trades are still payable at the provider, and such money must reach the order or go back).
+fn is_unpaid(status: &str) -> bool {
+    matches!(status, "created" | "superseded")
 }
 
 /// The bill a notice just paid: what a refund of it needs.

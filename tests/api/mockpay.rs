@@ -1,10 +1,12 @@
 //! The mock payment provider as the third party it stands for: its own process and port (the
 //! production server does not serve it), merchant calls signed and checked, the callback
 //! address fixed by its configuration, bounded inputs, rate limits on its routes and on our
-//! notify route.
+//! notify route; and one open bill per order however often payment starts.
 
-use crate::helpers::{code, spawn_app, spawn_app_with};
-use crate::payments::{checkout, complete, notice, notify, status_once, trade};
+use crate::helpers::{code, count, on_sale, order_fact, spawn_app, spawn_app_with, within};
+use crate::payments::{
+    checkout, complete, notice, notify, start_payment, status_once, trade, two_seat_order,
+};
 use boxoffice::config::BucketSettings;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -251,4 +253,100 @@ async fn readyz_and_metrics_are_rate_limited_and_healthz_is_not() {
         (429, "RATE_LIMITED".into())
     );
     assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+const BILLS: &str = "SELECT count(*) FROM payment_bills WHERE order_no = $1";
+
+#[tokio::test]
+async fn starting_payment_again_answers_the_open_bill() {
+    let app = spawn_app().await;
+    let (program, _, _) = on_sale(&app, 4, 4).await;
+    let (b, no) = two_seat_order(&app, program).await;
+    let path = format!("/api/v1/orders/{no}/payments");
+    let body = json!({"channel": "mockpay"});
+    let first = app.post(&path, Some(&b.token), &body).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = app.post(&path, Some(&b.token), &body).await;
+    assert_eq!(again.status(), 200, "the same bill, not a new one");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(order_fact::<i64>(&app, BILLS, &no).await, 1);
+
+    complete(&app, first["pay_url"].as_str().unwrap()).await;
+    assert_eq!(status_once(&app, &b.token, &no, "paid").await, "paid");
+    let r = app.post(&path, Some(&b.token), &body).await;
+    assert_eq!(code(r).await, (409, "NOT_PAYABLE".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_payment_starts_share_one_bill() {
+    let app = spawn_app().await;
+    let body = json!({"channel": "mockpay"});
+    // Several orders, each with a pair of starts racing: one pair alone may never overlap.
+    for _ in 0..4 {
+        let (program, _, _) = on_sale(&app, 4, 4).await;
+        let (b, no) = two_seat_order(&app, program).await;
+        let path = format!("/api/v1/orders/{no}/payments");
+        let start = || async {
+            let r = app.post(&path, Some(&b.token), &body).await;
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<Value>().await.unwrap()["payment_id"].clone(),
+            )
+        };
+        let (a, c) = within(Duration::from_secs(20), "two starts", async {
+            tokio::join!(start(), start())
+        })
+        .await;
+        let mut statuses = [a.0, c.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 201], "one opened it, the other got it");
+        assert_eq!(a.1, c.1, "the same bill");
+        assert_eq!(order_fact::<i64>(&app, BILLS, &no).await, 1);
+    }
+}
+
+/// Orders that had several open bills before one was enforced keep the newest open; an older
+/// one (`superseded`) paid late still pays the order — its trade was payable all along.
+#[tokio::test]
+async fn a_superseded_bill_paid_late_still_pays_the_order() {
+    let app = spawn_app().await;
+    let c = checkout(&app).await;
+    let (b, no) = (&c.buyer, &c.no);
+    let superseded = "WITH s AS (UPDATE payment_bills SET status = 'superseded'
+                                 WHERE order_no = $1 RETURNING 1)
+                      SELECT count(*) FROM s";
+    assert_eq!(order_fact::<i64>(&app, superseded, no).await, 1);
+    let (new_bill, _) = start_payment(&app, &b.token, no).await;
+    assert_ne!(
+        new_bill, c.payment_id,
+        "a superseded bill is not the open one"
+    );
+
+    complete(&app, &c.pay_url).await;
+    assert_eq!(status_once(&app, &b.token, no, "paid").await, "paid");
+    let paid = "SELECT count(*) FROM payment_bills WHERE order_no = $1 AND status = 'paid'";
+    assert_eq!(order_fact::<i64>(&app, paid, no).await, 1);
+    let refunds = "SELECT count(*) FROM refunds WHERE order_no = $1";
+    assert_eq!(order_fact::<i64>(&app, refunds, no).await, 0);
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_second_open_bill_for_an_order_and_channel() {
+    let app = spawn_app().await;
+    let insert = "INSERT INTO payment_bills (id, order_no, channel, amount_cents, status)
+                  VALUES (gen_random_uuid(), 42, 'mockpay', 100, 'created')";
+    let pg = app.pg.get().await.unwrap();
+    pg.execute(insert, &[]).await.unwrap();
+    let second = pg.execute(insert, &[]).await.expect_err("one open bill");
+    assert_eq!(
+        second.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    let other_channel = insert.replace("'mockpay'", "'othpay'");
+    pg.execute(&other_channel, &[]).await.unwrap();
+    let open = "SELECT count(*) FROM payment_bills WHERE order_no = 42 AND status = 'created'";
+    assert_eq!(count(&app, open).await, 2);
 }
