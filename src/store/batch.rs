@@ -25,8 +25,12 @@ pub struct OrderFacts {
     pub live_tickets: i64,
     /// How many of the order's ticket buyers belong to the user and are not deleted.
     pub owned_buyers: i64,
-    /// How many of the order's ticket buyers already hold a live ticket for the program.
+    /// How many of the persons those ticket buyers name already hold a live ticket for the
+    /// program, through any account.
     pub claimed_buyers: i64,
+    /// The persons the order's owned ticket buyers name (see [`Person`]), so the batch can
+    /// refuse a person named by two of its orders — through two accounts, too.
+    pub persons: Vec<Person>,
     /// The answer stored under the order's idempotency key, if still within its window:
     /// request hash, status and body.
     pub stored: Option<super::idempotency::Stored>,
@@ -47,14 +51,23 @@ SELECT o.i,
      WHERE od.gene = (o.user_id & 15)::smallint AND tk.gene = (o.user_id & 15)::smallint
        AND od.user_id = o.user_id AND od.program_id = o.program_id
        AND od.status IN ('pending_payment', 'paid')),
-    (SELECT count(*) FROM t JOIN ticket_buyers b ON b.id = t.buyer
-     WHERE t.i = o.i AND b.user_id = o.user_id AND b.deleted_at IS NULL),
-    (SELECT count(*) FROM t JOIN buyer_claims c ON c.program_id = o.program_id AND c.ticket_buyer_id = t.buyer
-     WHERE t.i = o.i),
-    k.request_hash, k.response_status, k.response_body
-FROM o LEFT JOIN idempotency_keys k
+    own.n,
+    (SELECT count(*) FROM unnest(own.id_types, own.hashes) AS p (id_type, hash)
+     JOIN buyer_claims c ON c.program_id = o.program_id AND c.id_type = p.id_type AND c.id_number_hash = p.hash),
+    k.request_hash, k.response_status, k.response_body,
+    own.id_types, own.hashes
+FROM o
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, array_agg(b.id_type) AS id_types, array_agg(b.id_number_hash) AS hashes
+    FROM t JOIN ticket_buyers b ON b.id = t.buyer
+    WHERE t.i = o.i AND b.user_id = o.user_id AND b.deleted_at IS NULL) own
+LEFT JOIN idempotency_keys k
     ON k.user_id = o.user_id AND k.idem_key = o.idem_key AND k.created_at > now() - make_interval(secs => $6)
 ORDER BY o.i";
+
+/// A person as claims name one (`buyer_claims`' key without the program): the id type and the
+/// keyed hash of the id number, the same through whichever account or ticket buyer row.
+pub type Person = (String, Vec<u8>);
 
 /// Reads [`OrderFacts`] for `orders`, in their order; one statement.
 pub async fn check_orders(
@@ -85,6 +98,7 @@ pub async fn check_orders(
             live_tickets: r.get(1),
             owned_buyers: r.get(2),
             claimed_buyers: r.get(3),
+            persons: persons_of(r),
             stored: r.get::<_, Option<Vec<u8>>>(4).map(|hash| {
                 (
                     hash,
@@ -94,6 +108,13 @@ pub async fn check_orders(
             }),
         })
         .collect())
+}
+
+/// The persons column pair of a [`CHECK_ORDERS`] row (NULL arrays when no ticket buyer is owned).
+fn persons_of(r: &tokio_postgres::Row) -> Vec<Person> {
+    let id_types: Vec<String> = r.get::<_, Option<_>>(7).unwrap_or_default();
+    let hashes: Vec<Vec<u8>> = r.get::<_, Option<_>>(8).unwrap_or_default();
+    id_types.into_iter().zip(hashes).collect()
 }
 
 /// Pending orders whose seats a release frees close (`expired` past their window, `cancelled`
@@ -152,7 +173,7 @@ SELECT o, (o & 15)::smallint, u, p, st, 'pending_payment', t, e
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
     AS x (o, u, p, st, t, e)";
 
-/// Tickets; the statement-level claim trigger (V9) claims their seats and buyers set-wise.
+/// Tickets; the statement-level claim trigger (V9, V12) claims their seats and persons set-wise.
 const INSERT_TICKETS: &str = "
 INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id, ticket_buyer_id,
                      seat_id, price_cents)
@@ -603,6 +624,10 @@ fn missing<K: Eq + std::hash::Hash + Copy>(wanted: &[K], jobs: &[usize], got: &[
         .collect()
 }
 
+/// The constraint holding one live ticket per person per program (V12): its name is what
+/// the writer and the refusal mapping match on.
+pub const PERSON_CLAIM: &str = "buyer_claims_pkey";
+
 /// The refusal a single order gets when a constraint refused it alone, by constraint name;
 /// `None` for a constraint an order is not expected to meet (the caller treats it as a bug,
 /// never as a seat refusal).
@@ -611,7 +636,7 @@ pub fn refusal_for_constraint(constraint: &str) -> Option<(Refusal, &'static str
         "seat_claims_pkey" | "ga_holds_pkey" => {
             Some((Refusal::SeatUnavailable, "a seat was taken meanwhile"))
         }
-        "buyer_claims_pkey" => Some((
+        PERSON_CLAIM => Some((
             Refusal::BuyerHasTicket,
             "a ticket buyer already has a live ticket for this program",
         )),
@@ -624,12 +649,12 @@ pub fn refusal_for_constraint(constraint: &str) -> Option<(Refusal, &'static str
 }
 
 /// Per user and program, the tickets earlier orders of the same batch add; per program, the
-/// ticket buyers they claim; the idempotency keys they use. The checks of a batch see its
-/// earlier orders as if they were committed.
+/// persons they claim (whichever account names them); the idempotency keys they use. The checks
+/// of a batch see its earlier orders as if they were committed.
 #[derive(Default)]
 pub struct BatchTally {
     tickets: HashMap<(i64, i64), i64>,
-    buyers: HashSet<(i64, i64)>,
+    persons: HashSet<(i64, Person)>,
     keys: HashSet<(i64, String)>,
 }
 
@@ -651,10 +676,10 @@ impl BatchTally {
         }
         let n = o.tickets.len() as i64;
         let key = (o.user_id, o.idempotency.key.clone());
-        let buyers: Vec<(i64, i64)> = o
-            .tickets
+        let persons: Vec<(i64, Person)> = facts
+            .persons
             .iter()
-            .map(|t| (o.program_id, t.ticket_buyer_id))
+            .map(|p| (o.program_id, p.clone()))
             .collect();
         let held = self
             .tickets
@@ -673,7 +698,7 @@ impl BatchTally {
                 },
                 "not all are your ticket buyers".to_string(),
             ))
-        } else if facts.claimed_buyers > 0 || buyers.iter().any(|b| self.buyers.contains(b)) {
+        } else if facts.claimed_buyers > 0 || !self.unclaimed(&persons) {
             Some((
                 Refusal::BuyerHasTicket,
                 "a ticket buyer already has a live ticket for this program".to_string(),
@@ -694,9 +719,16 @@ impl BatchTally {
             return Verdict::Refuse(StoreError::refused(reason, message));
         }
         *self.tickets.entry((o.user_id, o.program_id)).or_default() += n;
-        self.buyers.extend(buyers);
+        self.persons.extend(persons);
         self.keys.insert(key);
         Verdict::Write
+    }
+
+    /// True when no two of `persons` are one person and none is claimed by an earlier order
+    /// of the batch.
+    fn unclaimed(&self, persons: &[(i64, Person)]) -> bool {
+        let distinct = persons.iter().collect::<HashSet<_>>().len() == persons.len();
+        distinct && !persons.iter().any(|p| self.persons.contains(p))
     }
 }
 
@@ -713,5 +745,72 @@ mod tests {
         // A constraint added later without a refusal is a bug to surface, not a taken seat.
         assert!(refusal_for_constraint("tickets_price_positive").is_none());
         assert!(refusal_for_constraint("").is_none());
+    }
+
+    fn order(order_no: i64, user_id: i64, ticket_buyer_ids: &[i64]) -> PlaceOrder {
+        use super::super::orders::{IdempotentResult, NewTicket};
+        PlaceOrder {
+            order_no,
+            user_id,
+            program_id: 1,
+            show_time_id: None,
+            total_cents: 0,
+            expires_at: Utc::now(),
+            tickets: ticket_buyer_ids
+                .iter()
+                .map(|&ticket_buyer_id| NewTicket {
+                    ticket_category_id: 1,
+                    ticket_buyer_id,
+                    seat_id: None,
+                    price_cents: 0,
+                })
+                .collect(),
+            changes: Vec::new(),
+            per_account_limit: 6,
+            idempotency: IdempotentResult {
+                key: format!("k{order_no}"),
+                request_hash: Vec::new(),
+                status: 201,
+                body: Vec::new(),
+                ttl_secs: 60.0,
+            },
+        }
+    }
+
+    fn facts(persons: &[&[u8]]) -> OrderFacts {
+        OrderFacts {
+            owned_buyers: persons.len() as i64,
+            persons: persons
+                .iter()
+                .map(|h| ("passport".to_string(), h.to_vec()))
+                .collect(),
+            ..OrderFacts::default()
+        }
+    }
+
+    fn refusal(v: Verdict) -> Option<Refusal> {
+        match v {
+            Verdict::Refuse(StoreError::Refused { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn one_person_through_two_accounts_in_one_batch_is_written_once() {
+        let mut tally = BatchTally::default();
+        // Accounts 10 and 11 each name their own ticket buyer row (100, 200) for one person.
+        let first = tally.judge(&order(1, 10, &[100]), &facts(&[b"same"]));
+        assert!(matches!(first, Verdict::Write));
+        let second = tally.judge(&order(2, 11, &[200]), &facts(&[b"same"]));
+        assert_eq!(refusal(second), Some(Refusal::BuyerHasTicket));
+        let other = tally.judge(&order(3, 11, &[201]), &facts(&[b"other"]));
+        assert!(matches!(other, Verdict::Write), "another person is fine");
+    }
+
+    #[test]
+    fn one_person_twice_in_one_order_is_refused() {
+        let mut tally = BatchTally::default();
+        let twice = tally.judge(&order(1, 10, &[100, 101]), &facts(&[b"same", b"same"]));
+        assert_eq!(refusal(twice), Some(Refusal::BuyerHasTicket));
     }
 }

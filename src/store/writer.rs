@@ -333,24 +333,33 @@ async fn attempt(
 ) -> Result<Attempt, BatchFailure> {
     let mut outcome = write_and_resolve(pool, batch, group, stats).await;
     for attempt in 2..=ATTEMPTS {
-        if !outcome
-            .as_ref()
-            .is_err_and(|f| super::postgres::is_transient_conflict(&f.error))
-        {
+        let Err(failure) = &outcome else { break };
+        if !worth_rerunning(failure) {
             break;
         }
-        // Shards share rows only in shared places (general-admission counters); Postgres
-        // breaks a deadlock there by aborting one batch, which rolled back whole.
         tracing::warn!(
             jobs = group.len(),
             attempt,
-            "group commit hit a deadlock; running the batch again"
+            error = %failure.error,
+            "group commit met another shard's batch; running the batch again"
         );
         stats.retried.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("writer_retries_total").increment(1);
         outcome = write_and_resolve(pool, batch, group, stats).await;
     }
     outcome
+}
+
+/// Whether a failed group should simply run again, whole. Shards share rows only in shared
+/// places: a general-admission counter, where Postgres breaks a deadlock by aborting one batch;
+/// and a person's claim — two accounts on different shards naming one person commit at once,
+/// the later claim waits for the earlier and is refused once it commits. Either way the group
+/// rolled back whole with its seats still reserved by their actors, and on the rerun the
+/// orders' checks see the other batch's claims: the order naming a claimed person is refused
+/// by its check like any other, and the rest commit — no split, nothing set aside.
+fn worth_rerunning(failure: &BatchFailure) -> bool {
+    super::postgres::is_transient_conflict(&failure.error)
+        || failure.constraint.as_deref() == Some(batch::PERSON_CLAIM)
 }
 
 /// Why a group did not report a commit.

@@ -362,7 +362,7 @@ mod embedded {
 }
 
 /// A database migrated up to and including `version` only.
-async fn migrated_to(version: i32) -> (TestDb, PgPool) {
+pub(crate) async fn migrated_to(version: i32) -> (TestDb, PgPool) {
     let db = TestDb::create().await;
     let pool = postgres::connect(&test_settings(&db.name).database)
         .await

@@ -270,3 +270,305 @@ async fn signing_out_everywhere_ends_every_token_of_the_caller() {
         "nobody else is affected"
     );
 }
+
+// ---- One live ticket per person per program, across accounts; id-number keys ----------------
+// (Scalpers add the same real person to many accounts, or delete and re-add them, to multiply
+// their share of a sale. A claim names the person — id type and keyed hash of the number — not
+// the account's ticket buyer row.)
+
+mod person {
+    use crate::helpers::{
+        TestDb, buyers, code, on_sale, order, poll_until, spawn_app, spawn_app_with,
+    };
+    use boxoffice::crypto::IdNumberCipher;
+    use boxoffice::store::PgPool;
+    use serde_json::{Value, json};
+
+    /// A passport number nobody else in the test run uses.
+    fn passport() -> String {
+        format!("E{}", &uuid::Uuid::new_v4().simple().to_string()[..12]).to_uppercase()
+    }
+
+    /// Adds a ticket buyer to the caller's account through the API; its id.
+    async fn add_holder(app: &crate::helpers::TestApp, token: &str, number: &str) -> i64 {
+        let body = json!({"name": "Same Person", "id_type": "passport", "id_number": number});
+        let r = app
+            .post("/api/v1/me/ticket-buyers", Some(token), &body)
+            .await;
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+    }
+
+    fn ga(program: i64, floor: i64, holder: i64) -> Value {
+        json!({"program_id": program, "ticket_category_id": floor, "quantity": 1, "ticket_buyer_ids": [holder]})
+    }
+
+    /// The order number of a 201 answer.
+    async fn placed(r: reqwest::Response) -> String {
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.unwrap();
+        body["order_no"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn one_person_through_two_accounts_holds_one_live_ticket_per_program() {
+        let app = spawn_app().await;
+        let (program, _, floor) = on_sale(&app, 6, 6).await;
+        let (other_program, _, other_floor) = on_sale(&app, 6, 6).await;
+        let (_, first) = app.signed_in_buyer().await;
+        let (_, second) = app.signed_in_buyer().await;
+        let number = passport();
+        let mine = add_holder(&app, &first, &number).await;
+        // The second account spells the number its own way; still the same person.
+        let theirs = add_holder(&app, &second, &format!(" {} ", number.to_lowercase())).await;
+        assert_ne!(mine, theirs, "two rows, one per account");
+
+        let no = placed(order(&app, &first, "p1", &ga(program, floor, mine)).await).await;
+        assert_eq!(
+            code(order(&app, &second, "p2", &ga(program, floor, theirs)).await).await,
+            (409, "BUYER_HAS_TICKET".into()),
+            "the person already holds a live ticket through the first account"
+        );
+        let elsewhere = ga(other_program, other_floor, theirs);
+        placed(order(&app, &second, "p3", &elsewhere).await).await;
+
+        let cancel = app
+            .post(
+                &format!("/api/v1/orders/{no}/cancel"),
+                Some(&first),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(cancel.status(), 200);
+        placed(order(&app, &second, "p4", &ga(program, floor, theirs)).await).await;
+        assert_eq!(
+            code(order(&app, &first, "p5", &ga(program, floor, mine)).await).await,
+            (409, "BUYER_HAS_TICKET".into()),
+            "and now the first account is the one refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_and_re_added_ticket_buyer_is_still_the_same_person_until_the_order_expires()
+    {
+        let app = spawn_app_with(|s| s.orders.payment_window_secs = 2).await;
+        let (program, _, floor) = on_sale(&app, 6, 6).await;
+        let (_, token) = app.signed_in_buyer().await;
+        let number = passport();
+        let before = add_holder(&app, &token, &number).await;
+        let no = placed(order(&app, &token, "r1", &ga(program, floor, before)).await).await;
+        let path = format!("/api/v1/me/ticket-buyers/{before}");
+        assert_eq!(app.delete_as(&token, &path).await.status(), 204);
+        let again = add_holder(&app, &token, &number).await;
+        assert_ne!(before, again, "a new row");
+        assert_eq!(
+            code(order(&app, &token, "r2", &ga(program, floor, again)).await).await,
+            (409, "BUYER_HAS_TICKET".into())
+        );
+        let status = poll_until(
+            std::time::Duration::from_secs(8),
+            async || {
+                let r = app.get_as(&token, &format!("/api/v1/orders/{no}")).await;
+                r.json::<Value>().await.unwrap()["status"].clone()
+            },
+            |s| *s == "expired",
+        )
+        .await;
+        assert_eq!(status, "expired");
+        placed(order(&app, &token, "r3", &ga(program, floor, again)).await).await;
+    }
+
+    #[tokio::test]
+    async fn accounts_racing_for_one_person_get_exactly_one_ticket() {
+        let app = spawn_app().await;
+        let (program, _, floor) = on_sale(&app, 6, 6).await;
+        let number = passport();
+        // Consecutive accounts fall on different writer shards and on the same one: both the
+        // batch's own check and the claims' key across concurrent batches are raced.
+        let accounts = buyers(&app, 8, 0).await;
+        let mut bodies = Vec::new();
+        for a in &accounts {
+            let holder = add_holder(&app, &a.token, &number).await;
+            bodies.push((a.token.clone(), ga(program, floor, holder)));
+        }
+        let answers = futures::future::join_all(
+            bodies
+                .iter()
+                .map(|(token, body)| async { code(order(&app, token, "race", body).await).await }),
+        )
+        .await;
+        let won = answers.iter().filter(|a| a.0 == 201).count();
+        assert_eq!(won, 1, "{answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.0 == 201 || *a == (409, "BUYER_HAS_TICKET".to_string())),
+            "{answers:?}"
+        );
+        let live = crate::helpers::count(
+            &app,
+            &format!(
+                "SELECT count(*) FROM orders WHERE program_id = {program}
+                 AND status IN ('pending_payment', 'paid')"
+            ),
+        )
+        .await;
+        assert_eq!(live, 1);
+        let discarded = crate::helpers::count(&app, "SELECT count(*) FROM discarded_orders").await;
+        assert_eq!(
+            discarded, 0,
+            "a clash across shards is a refusal on rerun, not a discarded order"
+        );
+    }
+
+    /// The one bigint a one-row query answers.
+    async fn one_id(
+        pool: &PgPool,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> i64 {
+        pool.get()
+            .await
+            .unwrap()
+            .query_one(sql, params)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// `n` accounts in the database, each with a ticket buyer for the person `number`.
+    async fn accounts_naming(
+        pool: &PgPool,
+        cipher: &IdNumberCipher,
+        number: &str,
+        n: usize,
+    ) -> Vec<(i64, i64)> {
+        use boxoffice::store::users::{NewTicketBuyer, ensure_ticket_buyer};
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let user = one_id(
+                pool,
+                "INSERT INTO users (password_hash) VALUES ('x') RETURNING id",
+                &[],
+            )
+            .await;
+            let holder = NewTicketBuyer {
+                name: "Same",
+                id_type: "passport",
+                id_number: number,
+            };
+            out.push((
+                user,
+                ensure_ticket_buyer(pool, cipher, user, holder)
+                    .await
+                    .unwrap(),
+            ));
+        }
+        out
+    }
+
+    fn one_written_one_refused(
+        answers: &[Result<boxoffice::store::writer::Placed, boxoffice::store::StoreError>],
+    ) {
+        use boxoffice::store::{Refusal, StoreError, writer::Placed};
+        let written = answers
+            .iter()
+            .filter(|a| matches!(a, Ok(Placed::Written)))
+            .count();
+        let refused = answers
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Err(StoreError::Refused {
+                        reason: Refusal::BuyerHasTicket,
+                        ..
+                    })
+                )
+            })
+            .count();
+        assert_eq!((written, refused), (1, 1), "{answers:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_person_in_one_batch_or_in_two_shards_batches_is_written_once() {
+        use boxoffice::domain::order_no::OrderNoGenerator;
+        use boxoffice::store::catalog::Layout;
+        use boxoffice::store::writer::{GroupCommitWriter, WriterSettings};
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::time::Duration;
+        let (_db, pool, settings) = TestDb::migrated().await;
+        let standing = [("Standing", 1_000, Layout::General { capacity: 100 })];
+        let (one, one_cats) = crate::helpers::create_program(&pool, "person-1", &standing).await;
+        let (two, two_cats) = crate::helpers::create_program(&pool, "person-2", &standing).await;
+        let cipher = IdNumberCipher::new(settings.secrets.id_number_key_bytes().unwrap());
+        let people = accounts_naming(&pool, &cipher, &passport(), 3).await;
+        let (same_shard, other_shard) = (people[2], people[1]);
+        assert_eq!(people[0].0 % 2, same_shard.0 % 2);
+        assert_ne!(people[0].0 % 2, other_shard.0 % 2);
+        let ids = OrderNoGenerator::new(1);
+        let now = chrono::Utc::now().timestamp_millis();
+        let order = |(user, holder): (i64, i64), program: i64, category: i64, n: i64| {
+            crate::writer::ga_order(ids.next(user, now + n), user, program, category, holder)
+        };
+
+        // Two accounts in one batch of one writer: the batch's own check refuses the second.
+        let settings_of = |max_batch, max_wait, shards| WriterSettings {
+            max_batch,
+            max_wait,
+            queue: 16,
+            writers: 1,
+            shards,
+        };
+        let writer =
+            GroupCommitWriter::start(pool.clone(), settings_of(2, Duration::from_secs(5), 1));
+        let (a, b) = tokio::join!(
+            writer.place_order(order(people[0], one, one_cats[0], 0)),
+            writer.place_order(order(same_shard, one, one_cats[0], 1))
+        );
+        assert_eq!(writer.stats().batches.load(Relaxed), 1, "one transaction");
+        one_written_one_refused(&[a, b]);
+
+        // Two accounts on two shards, their batches in flight at once (both held at the outbox
+        // until both have passed their checks): the claims' key refuses the later one, and its
+        // batch runs again, where its check refuses it — not split, nothing set aside.
+        let writer = GroupCommitWriter::start(pool.clone(), settings_of(1, Duration::ZERO, 2));
+        let mut blocker = pool.get().await.unwrap();
+        let hold = blocker.transaction().await.unwrap();
+        hold.batch_execute("LOCK TABLE outbox IN EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let placing = [people[0], other_shard].map(|p| {
+            let (w, o) = (writer.clone(), order(p, two, two_cats[0], 2));
+            tokio::spawn(async move { w.place_order(o).await })
+        });
+        let waiting = crate::helpers::poll_until(
+            Duration::from_secs(10),
+            async || {
+                one_id(
+                    &pool,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+            },
+            |n| *n == 2,
+        )
+        .await;
+        assert_eq!(waiting, 2, "both batches in flight");
+        hold.rollback().await.unwrap();
+        let mut answers = Vec::new();
+        for p in placing {
+            answers.push(p.await.unwrap());
+        }
+        one_written_one_refused(&answers);
+        let stats = writer.stats();
+        assert_eq!(stats.split.load(Relaxed), 0, "no split");
+        assert!(
+            stats.retried.load(Relaxed) >= 1,
+            "the later batch ran again"
+        );
+        let discarded = one_id(&pool, "SELECT count(*) FROM discarded_orders", &[]).await;
+        assert_eq!(discarded, 0, "a refusal, not a discarded order");
+    }
+}

@@ -225,7 +225,13 @@ async fn every_order_of_a_buyer_meets_the_same_shard_and_shards_spread_buyers() 
 }
 
 /// A general-admission order for `user_id`'s first ticket buyer, as the ordering service builds it.
-fn ga_order(order_no: i64, user_id: i64, program_id: i64, category: i64, buyer: i64) -> PlaceOrder {
+pub(crate) fn ga_order(
+    order_no: i64,
+    user_id: i64,
+    program_id: i64,
+    category: i64,
+    buyer: i64,
+) -> PlaceOrder {
     let expires_at = chrono::Utc::now() + chrono::Duration::minutes(15);
     PlaceOrder {
         order_no,
