@@ -7,12 +7,27 @@
 -- type and the keyed hash of the id number, and its primary key refuses a second live claim
 -- whichever account or row it comes through. The constraint keeps its name, buyer_claims_pkey,
 -- so the writer's refusal (BUYER_HAS_TICKET) and every client see the same answer as before.
+--
+-- Also: the version of the key scheme that sealed and hashed each ticket buyer's id number.
+
+-- ---------------------------------------------------------------------------------------------
+-- Key scheme per ticket buyer. Rows written before this migration (and by any binary still
+-- running the old code during a rolling start) are 0, the legacy scheme: the configured key
+-- used directly to encrypt and as the hash key. The application seals new rows with version 1
+-- (keys derived per purpose with HKDF, ciphertexts bound to their row) and, before it serves,
+-- re-seals and re-hashes every version-0 row, updating the claims of each row in the same
+-- transaction (store::ticket_buyers::rekey_legacy). The partial index finds what is left to do
+-- without scanning the table on every start, and is empty once the pass has run.
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE ticket_buyers ADD COLUMN id_key_version SMALLINT NOT NULL DEFAULT 0
+    CHECK (id_key_version IN (0, 1));
+CREATE INDEX ticket_buyers_legacy_key ON ticket_buyers (id) WHERE id_key_version = 0;
 
 -- ---------------------------------------------------------------------------------------------
 -- The person on every claim. Copied from the ticket buyer when the claim is made (below), so
 -- the key is checked by the claims' own index: no join at check time, and a claim keeps naming
 -- its person even if the row is deleted later. ticket_buyer_id stays, to say which row holds
--- the claim.
+-- the claim (the re-keying pass finds a row's claims by it).
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE buyer_claims ADD COLUMN id_type TEXT, ADD COLUMN id_number_hash BYTEA;
 UPDATE buyer_claims c SET id_type = b.id_type, id_number_hash = b.id_number_hash
@@ -23,6 +38,8 @@ FROM ticket_buyers b WHERE b.id = c.ticket_buyer_id;
 -- old rule and may be paid, so a migration does not cancel them; the earliest order keeps the
 -- person's claim, and the others are moved here for operators to review (and cancel or refund
 -- through the usual paths). An order listed here has no claim, so closing it releases nothing.
+-- The re-keying pass adds to this table the same way should re-hashing (which folds case and
+-- spacing of the id number) make two claims one person's.
 CREATE TABLE person_claim_conflicts (
     program_id      BIGINT NOT NULL,
     ticket_buyer_id BIGINT NOT NULL,
@@ -50,6 +67,8 @@ SELECT program_id, ticket_buyer_id, order_no, id_type, id_number_hash FROM moved
 ALTER TABLE buyer_claims ALTER COLUMN id_type SET NOT NULL, ALTER COLUMN id_number_hash SET NOT NULL;
 ALTER TABLE buyer_claims DROP CONSTRAINT buyer_claims_pkey;
 ALTER TABLE buyer_claims ADD CONSTRAINT buyer_claims_pkey PRIMARY KEY (program_id, id_type, id_number_hash);
+-- No index on ticket_buyer_id: it would cost an entry per claim on the hot path, for the
+-- re-keying pass alone, which runs once per legacy row and may scan the (live-only) claims.
 
 -- ---------------------------------------------------------------------------------------------
 -- The claim trigger: still one call per statement with set-wise inserts (V9), now joining the

@@ -70,7 +70,7 @@ pub async fn serve(
         problems.join("\n  - ")
     );
     let stores = Stores::connect(&settings).await?;
-    let applied = store::postgres::migrate(&stores.pg).await?;
+    let applied = migrate(&stores.pg, &settings).await?;
     tracing::info!(applied, "migrations up to date");
     let state = http::AppState::new(settings, stores, telemetry::metrics_handle())?;
     tokio::spawn(fill_bloom(state.clone()));
@@ -95,6 +95,16 @@ pub async fn serve(
     pg.close();
     tracing::info!("boxoffice stopped");
     Ok(())
+}
+
+/// Applies pending migrations, then brings ticket buyers still under the legacy key scheme to
+/// the current one (the schema cannot: it has no key), so that every claim names its person by
+/// the current hash before this process serves. Answers how many migrations ran.
+pub async fn migrate(pool: &store::PgPool, settings: &Settings) -> anyhow::Result<usize> {
+    let applied = store::postgres::migrate(pool).await?;
+    let cipher = crypto::IdNumberCipher::new(settings.secrets.id_number_key_bytes()?);
+    store::ticket_buyers::rekey_legacy(pool, &cipher).await?;
+    Ok(applied)
 }
 
 /// The prober of the stores' health flags (fail-fast and `/readyz`), on a Postgres session of

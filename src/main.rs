@@ -283,7 +283,7 @@ async fn tail_events(
 
 async fn run_admin_command(command: Command, settings: Settings) -> anyhow::Result<()> {
     let pool = store::postgres::connect(&settings.database).await?;
-    let applied = store::postgres::migrate(&pool).await?;
+    let applied = boxoffice::migrate(&pool, &settings).await?;
     match command {
         Command::Migrate => println!("migrations applied: {applied}"),
         Command::SeedDemo => {

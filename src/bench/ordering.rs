@@ -17,7 +17,7 @@ use super::ordering_lua::LuaServer;
 use super::{Latencies, Scratch, Server, Target, cpu, get_load, ratio, render_targets};
 use crate::auth::TokenKeys;
 use crate::config::Settings;
-use crate::crypto::IdNumberCipher;
+use crate::crypto::{IdNumberCipher, RowBinding, key_version};
 use crate::store::catalog::{self, Layout, NewProgram, NewTicketCategory};
 use crate::store::{PgPool, postgres};
 use serde::Serialize;
@@ -442,19 +442,44 @@ pub async fn mint_racers_with(
         .enumerate()
         .map(|(i, id)| format!("B{id:08}{}", i % holders))
         .collect();
-    let sealed: Vec<Vec<u8>> = numbers.iter().map(|n| cipher.encrypt(n)).collect();
-    let prints: Vec<Vec<u8>> = numbers.iter().map(|n| cipher.fingerprint(n)).collect();
+    // Ids first: each ciphertext is bound to its row.
     let ticket_buyers: Vec<i64> = client
         .query(
-            "INSERT INTO ticket_buyers (user_id, name, id_type, id_number_enc, id_number_hash, id_number_last4)
-             SELECT u, 'Racer', 'passport', e, h, right(u::text, 4)
-             FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS t(u, e, h) RETURNING id",
-            &[&owners, &sealed, &prints],
+            "SELECT nextval(pg_get_serial_sequence('ticket_buyers', 'id')) FROM generate_series(1, $1::int)",
+            &[&(owners.len() as i32)],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let sealed: Vec<Vec<u8>> = numbers
+        .iter()
+        .zip(ticket_buyers.iter().zip(&owners))
+        .map(|(n, (&ticket_buyer_id, &user_id))| {
+            let row = RowBinding {
+                ticket_buyer_id,
+                user_id,
+                id_type: "passport",
+            };
+            cipher.seal(n, row)
+        })
+        .collect();
+    let prints: Vec<Vec<u8>> = numbers.iter().map(|n| cipher.person_hash(n)).collect();
+    client
+        .execute(
+            "INSERT INTO ticket_buyers (id, user_id, name, id_type, id_number_enc, id_number_hash,
+                                        id_number_last4, id_key_version)
+             SELECT i, u, 'Racer', 'passport', e, h, right(u::text, 4), $5
+             FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]) AS t(i, u, e, h)",
+            &[
+                &ticket_buyers,
+                &owners,
+                &sealed,
+                &prints,
+                &key_version::CURRENT,
+            ],
+        )
+        .await?;
     let now = chrono::Utc::now();
     ids.iter()
         .zip(ticket_buyers.chunks(holders))

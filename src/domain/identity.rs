@@ -77,13 +77,18 @@ pub fn check_display_name(name: &str) -> Result<&str, Invalid> {
 /// Kinds of identity document a ticket buyer may present.
 pub const ID_TYPES: [&str; 4] = ["id_card", "passport", "hk_macau_permit", "taiwan_permit"];
 
-/// Checks a real-name id number for its type; returns it upper-cased without spaces.
-pub fn normalize_id_number(id_type: &str, raw: &str) -> Result<String, Invalid> {
-    let n: String = raw
-        .chars()
+/// The form of an id number that names a person: without whitespace, upper-cased — so
+/// `" a1234567"` and `"A1234567"` are one person (the person hash is computed over this form).
+pub fn canonical_id_number(raw: &str) -> String {
+    raw.chars()
         .filter(|c| !c.is_whitespace())
         .collect::<String>()
-        .to_uppercase();
+        .to_uppercase()
+}
+
+/// Checks a real-name id number for its type; returns it upper-cased without spaces.
+pub fn normalize_id_number(id_type: &str, raw: &str) -> Result<String, Invalid> {
+    let n = canonical_id_number(raw);
     let valid = match id_type {
         "id_card" => return check_resident_id(&n).map(|_| n),
         "passport" => (5..=20).contains(&n.len()) && n.chars().all(|c| c.is_ascii_alphanumeric()),

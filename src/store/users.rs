@@ -87,34 +87,30 @@ pub async fn ensure_ticket_buyer(
     buyer: NewTicketBuyer<'_>,
 ) -> Result<i64, StoreError> {
     let client = pool.get().await?;
-    let fingerprint = cipher.fingerprint(buyer.id_number);
     let found = client
         .query_opt(
             "SELECT id FROM ticket_buyers
              WHERE user_id = $1 AND id_type = $2 AND id_number_hash = $3 AND deleted_at IS NULL",
-            &[&user_id, &buyer.id_type, &fingerprint],
+            &[
+                &user_id,
+                &buyer.id_type,
+                &cipher.person_hash(buyer.id_number),
+            ],
         )
         .await?;
     if let Some(row) = found {
         return Ok(row.get(0));
     }
-    let last4: String = buyer
-        .id_number
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let row = client
-        .query_one(
-            "INSERT INTO ticket_buyers (user_id, name, id_type, id_number_enc, id_number_hash, id_number_last4)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[&user_id, &buyer.name, &buyer.id_type, &cipher.encrypt(buyer.id_number), &fingerprint, &last4],
-        )
-        .await?;
-    Ok(row.get(0))
+    let (id, _) = super::ticket_buyers::insert(
+        &client,
+        cipher,
+        user_id,
+        buyer.name,
+        buyer.id_type,
+        buyer.id_number,
+    )
+    .await?;
+    Ok(id)
 }
 
 /// An account to register; handles already normalized, password already hashed.

@@ -274,13 +274,13 @@ async fn signing_out_everywhere_ends_every_token_of_the_caller() {
 // ---- One live ticket per person per program, across accounts; id-number keys ----------------
 // (Scalpers add the same real person to many accounts, or delete and re-add them, to multiply
 // their share of a sale. A claim names the person — id type and keyed hash of the number — not
-// the account's ticket buyer row.)
+// the account's ticket buyer row. The hash and the encryption use separate derived keys.)
 
 mod person {
     use crate::helpers::{
-        TestDb, buyers, code, on_sale, order, poll_until, spawn_app, spawn_app_with,
+        TestDb, buyers, code, on_sale, order, poll_until, spawn_app, spawn_app_with, test_settings,
     };
-    use boxoffice::crypto::IdNumberCipher;
+    use boxoffice::crypto::{IdNumberCipher, RowBinding, key_version};
     use boxoffice::store::PgPool;
     use serde_json::{Value, json};
 
@@ -570,5 +570,188 @@ mod person {
         );
         let discarded = one_id(&pool, "SELECT count(*) FROM discarded_orders", &[]).await;
         assert_eq!(discarded, 0, "a refusal, not a discarded order");
+    }
+
+    // -- keys and existing rows --
+
+    const LEGACY_LABEL: &[u8] = b"boxoffice:id-number:";
+
+    /// A row as the code before key separation sealed it: the configured key itself, no
+    /// associated data, and the same key for the hash (over the number as given).
+    fn legacy_row(secret: [u8; 32], number: &str) -> (Vec<u8>, Vec<u8>) {
+        use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+        use hmac::Mac;
+        let cipher = aes_gcm::Aes256Gcm::new(&secret.into());
+        let nonce = aes_gcm::Aes256Gcm::generate_nonce(&mut OsRng);
+        let mut sealed = nonce.to_vec();
+        sealed.extend(cipher.encrypt(&nonce, number.as_bytes()).unwrap());
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&secret).unwrap();
+        mac.update(LEGACY_LABEL);
+        mac.update(number.as_bytes());
+        (sealed, mac.finalize().into_bytes().to_vec())
+    }
+
+    /// The first column of every row `sql` answers.
+    async fn ids(pool: &PgPool, sql: &str) -> Vec<i64> {
+        let client = pool.get().await.unwrap();
+        let rows = client.query(sql, &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// A user with a legacy ticket buyer for `number` (schema of V11); (user, ticket buyer).
+    async fn legacy_holder(pool: &PgPool, secret: [u8; 32], number: &str) -> (i64, i64) {
+        let user = one_id(
+            pool,
+            "INSERT INTO users (password_hash) VALUES ('x') RETURNING id",
+            &[],
+        )
+        .await;
+        let (sealed, hash) = legacy_row(secret, number);
+        let holder = one_id(
+            pool,
+            "INSERT INTO ticket_buyers (user_id, name, id_type, id_number_enc, id_number_hash, id_number_last4)
+             VALUES ($1, 'Legacy', 'passport', $2, $3, '0000') RETURNING id",
+            &[&user, &sealed, &hash],
+        )
+        .await;
+        (user, holder)
+    }
+
+    /// A live one-ticket order of `user` for `program` naming `holder` (the claim trigger runs).
+    async fn live_ticket(
+        pool: &PgPool,
+        n: i64,
+        user: i64,
+        program: i64,
+        holder: i64,
+    ) -> Result<i64, tokio_postgres::Error> {
+        let order_no = (n << 4) | i64::from(boxoffice::domain::gene(user));
+        let client = pool.get().await.unwrap();
+        client
+            .execute(
+                "INSERT INTO orders (order_no, gene, user_id, program_id, status, total_cents, expires_at)
+                 VALUES ($1::bigint, ($1::bigint & 15)::smallint, $2, $3, 'pending_payment', 100, now() + interval '15 minutes')",
+                &[&order_no, &user, &program],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id,
+                                      ticket_buyer_id, seat_id, price_cents)
+                 VALUES ($1::bigint, ($1::bigint & 15)::smallint, 1, $2, $3, 1, $4, NULL, 100)",
+                &[&order_no, &user, &program, &holder],
+            )
+            .await?;
+        Ok(order_no)
+    }
+
+    #[tokio::test]
+    async fn existing_claims_carry_over_to_persons_and_legacy_rows_are_rekeyed() {
+        let (db, pool) = crate::schema::migrated_to(11).await;
+        let settings = test_settings(&db.name);
+        let secret = settings.secrets.id_number_key_bytes().unwrap();
+        let (x, y) = (passport(), passport());
+        let (u1, x1) = legacy_holder(&pool, secret, &x).await;
+        let (u2, x2) = legacy_holder(&pool, secret, &x).await; // the same person, another account
+        let (u3, y3) = legacy_holder(&pool, secret, &y).await;
+        let first = live_ticket(&pool, 1, u1, 7, x1).await.unwrap();
+        let second = live_ticket(&pool, 2, u2, 7, x2).await.unwrap();
+        let kept = live_ticket(&pool, 3, u3, 7, y3).await.unwrap();
+        // Spelled otherwise (the old hash did not fold case and spacing): another row of the
+        // first account for the same person, and a live claim of the second person.
+        let spelled = |n: &str| format!(" {}", n.to_lowercase());
+        let (sealed, hash) = legacy_row(secret, &spelled(&x));
+        let twin = one_id(
+            &pool,
+            "INSERT INTO ticket_buyers (user_id, name, id_type, id_number_enc, id_number_hash, id_number_last4)
+             VALUES ($1, 'Twin', 'passport', $2, $3, '0000') RETURNING id",
+            &[&u1, &sealed, &hash],
+        )
+        .await;
+        let (u5, y5) = legacy_holder(&pool, secret, &spelled(&y)).await;
+        let late = live_ticket(&pool, 5, u5, 7, y5).await.unwrap();
+
+        boxoffice::migrate(&pool, &settings).await.unwrap();
+
+        let cipher = IdNumberCipher::new(secret);
+        let client = pool.get().await.unwrap();
+        let claims: Vec<(i64, i64, Vec<u8>)> = client
+            .query("SELECT order_no, ticket_buyer_id, id_number_hash FROM buyer_claims ORDER BY order_no", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(
+            claims,
+            [
+                (first, x1, cipher.person_hash(&x)),
+                (kept, y3, cipher.person_hash(&y))
+            ],
+            "live claims carried over, keyed by the current hash"
+        );
+        let aside = ids(
+            &pool,
+            "SELECT order_no FROM person_claim_conflicts ORDER BY order_no",
+        )
+        .await;
+        assert_eq!(
+            aside,
+            [second, late],
+            "the same person's later live order, for operators"
+        );
+
+        let rows = client
+            .query("SELECT id, user_id, id_number_enc, id_number_hash, id_key_version FROM ticket_buyers ORDER BY id", &[])
+            .await
+            .unwrap();
+        let retired = ids(
+            &pool,
+            "SELECT id FROM ticket_buyers WHERE deleted_at IS NOT NULL",
+        )
+        .await;
+        assert_eq!(retired, [twin], "one account, one row per person");
+        for (r, number) in rows.iter().zip([&x, &x, &y, &spelled(&x), &spelled(&y)]) {
+            assert_eq!(r.get::<_, i16>(4), key_version::CURRENT);
+            assert_eq!(r.get::<_, Vec<u8>>(3), cipher.person_hash(number));
+            let binding = RowBinding {
+                ticket_buyer_id: r.get(0),
+                user_id: r.get(1),
+                id_type: "passport",
+            };
+            let opened = cipher
+                .open(r.get(2), binding, key_version::CURRENT)
+                .unwrap();
+            assert_eq!(&opened, number, "re-sealed, bound to its row");
+        }
+        // A row added now (current scheme) names the same person as the re-keyed claim.
+        let u4 = one_id(
+            &pool,
+            "INSERT INTO users (password_hash) VALUES ('x') RETURNING id",
+            &[],
+        )
+        .await;
+        let new_row = boxoffice::store::users::NewTicketBuyer {
+            name: "New",
+            id_type: "passport",
+            id_number: &x,
+        };
+        let x4 = boxoffice::store::users::ensure_ticket_buyer(&pool, &cipher, u4, new_row)
+            .await
+            .unwrap();
+        let err = live_ticket(&pool, 4, u4, 7, x4)
+            .await
+            .expect_err("the person holds a live ticket");
+        assert_eq!(
+            err.as_db_error().and_then(|e| e.constraint()),
+            Some("buyer_claims_pkey")
+        );
+        assert_eq!(
+            boxoffice::store::ticket_buyers::rekey_legacy(&pool, &cipher)
+                .await
+                .unwrap(),
+            Default::default(),
+            "nothing left to re-key"
+        );
     }
 }

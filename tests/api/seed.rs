@@ -118,7 +118,8 @@ async fn id_numbers_are_not_readable_in_the_database() {
     let client = pool.get().await.unwrap();
     let rows = client
         .query(
-            "SELECT id_number_enc, id_number_last4 FROM ticket_buyers",
+            "SELECT id_number_enc, id_number_last4, id, user_id, id_type, id_key_version
+             FROM ticket_buyers",
             &[],
         )
         .await
@@ -127,7 +128,12 @@ async fn id_numbers_are_not_readable_in_the_database() {
         boxoffice::crypto::IdNumberCipher::new(settings.secrets.id_number_key_bytes().unwrap());
     for row in rows {
         let sealed: Vec<u8> = row.get(0);
-        let clear = cipher.decrypt(&sealed).unwrap();
+        let binding = boxoffice::crypto::RowBinding {
+            ticket_buyer_id: row.get(2),
+            user_id: row.get(3),
+            id_type: row.get(4),
+        };
+        let clear = cipher.open(&sealed, binding, row.get(5)).unwrap();
         assert!(!String::from_utf8_lossy(&sealed).contains(&clear));
         assert!(clear.ends_with(row.get::<_, &str>(1)));
     }
