@@ -173,7 +173,7 @@ SELECT o, (o & 15)::smallint, u, p, st, 'pending_payment', t, e
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
     AS x (o, u, p, st, t, e)";
 
-/// Tickets; the statement-level claim trigger (V9, V12) claims their seats and persons set-wise.
+/// Tickets; the statement-level claim trigger (V9, V14) claims their seats and persons set-wise.
 const INSERT_TICKETS: &str = "
 INSERT INTO tickets (order_no, gene, line_no, user_id, program_id, ticket_category_id, ticket_buyer_id,
                      seat_id, price_cents)
@@ -624,7 +624,7 @@ fn missing<K: Eq + std::hash::Hash + Copy>(wanted: &[K], jobs: &[usize], got: &[
         .collect()
 }
 
-/// The constraint holding one live ticket per person per program (V12): its name is what
+/// The constraint holding one live ticket per person per program (V14): its name is what
 /// the writer and the refusal mapping match on.
 pub const PERSON_CLAIM: &str = "buyer_claims_pkey";
 

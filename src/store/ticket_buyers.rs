@@ -211,7 +211,7 @@ pub struct Rekeyed {
 /// can be made from a row's old hash while the row and its claims change. Folding case and spacing
 /// can make two rows one person: a second live row of the same account is retired (deleted, as
 /// the API would have refused it), and a second live claim of the same person for a program is
-/// set aside in `person_claim_conflicts` for operators, as V12 does.
+/// set aside in `person_claim_conflicts` for operators, as V14 does.
 pub async fn rekey_legacy(pool: &PgPool, cipher: &IdNumberCipher) -> Result<Rekeyed, StoreError> {
     let mut done = Rekeyed::default();
     let mut after = 0;
