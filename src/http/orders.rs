@@ -340,13 +340,7 @@ pub async fn cancel(
     match order.head.status.as_str() {
         "cancelled" => return Ok(Json(order)),
         "pending_payment" => {}
-        other => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "NOT_CANCELLABLE",
-                format!("a {other} order cannot be cancelled"),
-            ));
-        }
+        other => return Err(not_cancellable(other)),
     }
     let number: i64 = order.head.order_no.parse().map_err(ApiError::internal)?;
     // The connection goes back to the pool before any actor call: a release waits on the
@@ -370,13 +364,25 @@ pub async fn cancel(
         release_in(&st, &categories, number).await?;
         after = visible_order(&st, &user, &order.head.order_no).await?;
     }
-    if after.head.status == "pending_payment" {
-        return Err(ApiError::unavailable(
+    // The order may have expired or been paid while we released it: the cancel did not
+    // happen then, and saying 200 would claim it had.
+    match after.head.status.as_str() {
+        "cancelled" => Ok(Json(after)),
+        "pending_payment" => Err(ApiError::unavailable(
             "INVENTORY_UNAVAILABLE",
             "the order could not be released; retry",
-        ));
+        )),
+        other => Err(not_cancellable(other)),
     }
-    Ok(Json(after))
+}
+
+/// 409 `NOT_CANCELLABLE`: the order is `status` (paid, expired, refunded), not live.
+fn not_cancellable(status: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "NOT_CANCELLABLE",
+        format!("a {status} order cannot be cancelled"),
+    )
 }
 
 /// Releases the order's tickets in each category through its actor.

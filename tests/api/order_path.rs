@@ -427,3 +427,58 @@ async fn a_show_that_has_started_is_no_longer_sold() {
     let r = order(&app, &crowd[0].token, "late", &body).await;
     assert_eq!(code(r).await, (409, "SHOW_STARTED".into()));
 }
+
+/// A cancel that arrives as its order expires either cancels it (200 `cancelled`), finds it
+/// gone (409 `NOT_CANCELLABLE`) or mid-expiry (409 `ORDER_BUSY`, retry): never 200 with the
+/// order `expired`, which would tell the buyer their cancel happened when it did not (found by
+/// the fault suite).
+#[tokio::test]
+async fn a_cancel_racing_the_expiry_never_answers_200_for_an_expired_order() {
+    let app = spawn_app_with(|s| s.orders.payment_window_secs = 1).await;
+    let (program, _, floor) = on_sale(&app, 1, 1).await;
+    let crowd = buyers(&app, 30, 1).await;
+    let mut placed = Vec::new();
+    for (i, b) in crowd.iter().enumerate() {
+        let body = json!({"program_id": program, "ticket_buyer_ids": b.buyers,
+            "ticket_category_id": floor, "quantity": 1});
+        let r: Value = order(&app, &b.token, &format!("race-{i}"), &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        placed.push((
+            std::time::Instant::now(),
+            r["order_no"].as_str().unwrap().to_string(),
+        ));
+    }
+    // Each cancel lands somewhere from 150 ms before its order's expiry to 150 ms after.
+    let cancels = crowd
+        .iter()
+        .zip(&placed)
+        .enumerate()
+        .map(|(i, (b, (at, no)))| {
+            let app = &app;
+            async move {
+                let offset = Duration::from_millis(850 + (i as u64 * 10));
+                tokio::time::sleep_until((*at + offset).into()).await;
+                let r = cancel(app, &b.token, no).await;
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap();
+                let said = body["status"].as_str().or(body["error"]["code"].as_str());
+                (status, said.unwrap_or("").to_string())
+            }
+        });
+    let answers = futures::future::join_all(cancels).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for a in &answers {
+        *seen.entry(a.clone()).or_insert(0) += 1;
+    }
+    println!("cancels around expiry: {seen:?}");
+    assert!(
+        answers.iter().all(|(s, said)| matches!(
+            (*s, said.as_str()),
+            (200, "cancelled") | (409, "NOT_CANCELLABLE" | "ORDER_BUSY")
+        )),
+        "{seen:?}"
+    );
+}
