@@ -47,6 +47,14 @@ const FIRST_BACKOFF_MS: i64 = 1_000;
 /// Longest wait, however many tries.
 const MAX_BACKOFF_MS: i64 = 15 * 60 * 1_000;
 
+/// Whether a token issued at `iat_ms` is signed out, from its `[revocation marker, holder's
+/// stamp]` as MGET answered them: revoked itself, or issued before the stamp.
+fn judged_signed_out(marker_and_stamp: &[Option<i64>], iat_ms: i64) -> bool {
+    let revoked = marker_and_stamp.first().is_some_and(Option::is_some);
+    let stamp = marker_and_stamp.get(1).copied().flatten().unwrap_or(0);
+    revoked || iat_ms < stamp
+}
+
 /// An open channel's token, as the re-check needs it.
 #[derive(Debug, Clone)]
 pub struct TokenRef {
@@ -97,9 +105,7 @@ impl SessionGuard {
     pub async fn is_signed_out(&self, claims: &crate::auth::Claims) -> Result<bool, StoreError> {
         let keys = vec![self.revoked_key(&claims.jti), self.stamp_key(claims.sub)];
         let found: Vec<Option<i64>> = self.client()?.mget(keys).await.map_err(redis_error)?;
-        let revoked = found.first().is_some_and(Option::is_some);
-        let stamp = found.get(1).copied().flatten().unwrap_or(0);
-        Ok(revoked || claims.iat_ms < stamp)
+        Ok(judged_signed_out(&found, claims.iat_ms))
     }
 
     /// Ends every session of `user_id` issued until now — its own sign-out everywhere, or an
@@ -135,9 +141,7 @@ impl SessionGuard {
                 .collect();
             let found: Vec<Option<i64>> = self.client()?.mget(keys).await.map_err(redis_error)?;
             for (token, pair) in chunk.iter().zip(found.chunks(2)) {
-                let revoked = pair.first().is_some_and(Option::is_some);
-                let stamp = pair.get(1).copied().flatten().unwrap_or(0);
-                if revoked || token.iat_ms < stamp {
+                if judged_signed_out(pair, token.iat_ms) {
                     out.push(token.jti.clone());
                 }
             }

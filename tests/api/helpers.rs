@@ -816,6 +816,16 @@ pub async fn order(
         .unwrap()
 }
 
+/// `POST /api/v1/orders/{no}/cancel` as the order's owner (`token`).
+pub async fn cancel(app: &TestApp, token: &str, no: &str) -> reqwest::Response {
+    app.post(
+        &format!("/api/v1/orders/{no}/cancel"),
+        Some(token),
+        &serde_json::json!({}),
+    )
+    .await
+}
+
 /// The program's seat map as the API answers it.
 pub async fn seat_map(app: &TestApp, program: i64) -> serde_json::Value {
     app.get(&format!("/api/v1/programs/{program}/seats"))

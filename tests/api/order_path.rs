@@ -2,21 +2,11 @@
 //! follow Postgres when it disagrees, and no request can starve the writer.
 
 use crate::helpers::{
-    TcpCut, buyers, code, on_sale, order, order_fact, pg_addr, poll_until, seat_ids, seat_map,
-    seats_once, signed_in_admin, spawn_app, spawn_app_behind, spawn_app_with,
+    TcpCut, buyers, cancel, code, count, on_sale, order, order_fact, pg_addr, poll_until, seat_ids,
+    seat_map, seats_once, signed_in_admin, spawn_app, spawn_app_behind, spawn_app_with,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
-
-/// `POST /api/v1/orders/{no}/cancel` as the order's owner.
-async fn cancel(app: &crate::helpers::TestApp, token: &str, no: &str) -> reqwest::Response {
-    app.post(
-        &format!("/api/v1/orders/{no}/cancel"),
-        Some(token),
-        &json!({}),
-    )
-    .await
-}
 
 /// Seat-map counts of one category: (available, held), read without messaging the actor.
 async fn counts(app: &crate::helpers::TestApp, program: i64, category: i64) -> (i64, i64) {
@@ -50,16 +40,9 @@ async fn an_order_whose_commit_answer_was_lost_is_acknowledged_and_stays_held() 
     // have handled every event so far (the program's creation).
     let settled = poll_until(
         Duration::from_secs(10),
-        async || -> i64 {
+        async || {
             let sql = "SELECT count(*) FROM outbox WHERE reconcile_status = 'unreconciled'";
-            app.pg
-                .get()
-                .await
-                .unwrap()
-                .query_one(sql, &[])
-                .await
-                .unwrap()
-                .get(0)
+            count(&app, sql).await
         },
         |n| *n == 0,
     )

@@ -50,27 +50,18 @@ async fn order_then_cancel_moves_seats_and_shows_everywhere() {
         .unwrap();
     assert_eq!(mine["items"][0]["order_no"], no.as_str());
 
-    let cancel = app
-        .post(
-            &format!("/api/v1/orders/{no}/cancel"),
-            Some(&b.token),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(cancel.status(), 200);
-    assert_eq!(cancel.json::<Value>().await.unwrap()["status"], "cancelled");
+    let cancelled = crate::helpers::cancel(&app, &b.token, &no).await;
+    assert_eq!(cancelled.status(), 200);
+    assert_eq!(
+        cancelled.json::<Value>().await.unwrap()["status"],
+        "cancelled"
+    );
     let freed = seats_once(&app, program, |s| s.iter().all(|x| x.1 == "available")).await;
     assert!(
         freed.iter().all(|s| s.1 == "available"),
         "cancelled seats return to the map"
     );
-    let again = app
-        .post(
-            &format!("/api/v1/orders/{no}/cancel"),
-            Some(&b.token),
-            &json!({}),
-        )
-        .await;
+    let again = crate::helpers::cancel(&app, &b.token, &no).await;
     assert_eq!(again.status(), 200, "cancelling twice is harmless");
     let events: i64 =
         order_fact(&app, "SELECT count(*) FROM outbox WHERE order_no = $1", &no).await;

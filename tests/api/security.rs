@@ -332,14 +332,8 @@ mod person {
         let elsewhere = ga(other_program, other_floor, theirs);
         placed(order(&app, &second, "p3", &elsewhere).await).await;
 
-        let cancel = app
-            .post(
-                &format!("/api/v1/orders/{no}/cancel"),
-                Some(&first),
-                &json!({}),
-            )
-            .await;
-        assert_eq!(cancel.status(), 200);
+        let cancelled = crate::helpers::cancel(&app, &first, &no).await;
+        assert_eq!(cancelled.status(), 200);
         placed(order(&app, &second, "p4", &ga(program, floor, theirs)).await).await;
         assert_eq!(
             code(order(&app, &first, "p5", &ga(program, floor, mine)).await).await,

@@ -4,7 +4,7 @@
 
 use crate::helpers::{TestApp, buyers, code, on_sale, order, poll_until, spawn_app_with, within};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn connect(app: &TestApp) -> TcpStream {
@@ -14,7 +14,7 @@ async fn connect(app: &TestApp) -> TcpStream {
 }
 
 /// Reads until the server closes the connection; answers what it sent.
-async fn read_to_close(tcp: &mut TcpStream) -> String {
+async fn read_to_close(tcp: &mut (impl AsyncRead + Unpin)) -> String {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -58,20 +58,8 @@ async fn a_slowloris_trickling_headers_is_cut_off_at_the_header_timeout() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let mut buf = [0u8; 64];
-    let closed = within(
-        Duration::from_secs(5),
-        "the slow connection closed",
-        async {
-            loop {
-                match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        },
-    );
-    closed.await;
+    let closed = read_to_close(&mut reader);
+    within(Duration::from_secs(5), "the slow connection closed", closed).await;
     trickle.abort();
     assert!(
         started.elapsed() < Duration::from_secs(3),

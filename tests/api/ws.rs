@@ -225,13 +225,7 @@ async fn a_snapshot_comes_first_then_an_order_and_its_cancel_as_the_next_deltas(
             .any(|c| c["ticket_category_id"] == front && c["held"] == 2)
     );
 
-    let r = app
-        .post(
-            &format!("/api/v1/orders/{no}/cancel"),
-            Some(&crowd[0].token),
-            &json!({}),
-        )
-        .await;
+    let r = crate::helpers::cancel(&app, &crowd[0].token, &no).await;
     assert_eq!(r.status(), 200);
     live.until(|m| seats.iter().all(|s| m.status(*s) == "available"))
         .await;
