@@ -58,15 +58,24 @@ pub async fn detail(
 ) -> Result<Json<ProgramDetail>, ApiError> {
     let cached = cached_detail(&st, id).await?;
     let mut detail = cached.as_ref().clone();
-    // The seat map's figures: a running actor's, or Postgres's while none runs (the cached
-    // detail may predate sales); no actor is started for an anonymous read.
+    // The seat map's figures: a running actor's published counts (no seat map serialized for
+    // them), or Postgres's while none runs (the cached detail may predate sales); no actor is
+    // started for an anonymous read.
     for (c, shown) in cached
         .ticket_categories
         .iter()
         .zip(&mut detail.ticket_categories)
     {
-        let part = st.seat_maps.part(c, &st.supervisor, &st.catalog).await?;
-        shown.remaining = i64::from(part.remaining);
+        let remaining = match st.supervisor.published(c.id) {
+            Some(snapshot) => snapshot.counts.available,
+            None => {
+                st.seat_maps
+                    .part(c, &st.supervisor, &st.catalog)
+                    .await?
+                    .remaining
+            }
+        };
+        shown.remaining = i64::from(remaining);
     }
     Ok(Json(detail))
 }
